@@ -59,3 +59,8 @@ def sample_dir() -> Path:
 
 def bundled_weights() -> Path:
     return ROOT / "weights" / "mobilenet_v2_1.0_160_no_top.weights.h5"
+
+
+def max_concurrent_jobs() -> int:
+    """Training jobs that may run at once; the rest wait in a queue with a visible position."""
+    return _int("STUDIO_MAX_JOBS", 1)
