@@ -38,3 +38,25 @@ def set_dataset(path: str | Path | None) -> None:
         st.session_state.pop(DATASET_KEY, None)
     else:
         st.session_state[DATASET_KEY] = str(Path(path).resolve())
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def _thumbnail(path: str, mtime_ns: int, side: int):
+    from lib import images
+
+    return images.thumbnail(path, side)
+
+
+def thumbnail(path: str | Path, side: int = 256):
+    """A small preview of an image file, cached until the file changes."""
+    p = Path(path)
+    return _thumbnail(str(p), p.stat().st_mtime_ns, side)
+
+
+def upload_dir(name: str, data: bytes) -> Path:
+    """Where an uploaded zip is unpacked: keyed by its content, so the same zip is unpacked once."""
+    import hashlib
+
+    digest = hashlib.sha1(data).hexdigest()[:16]
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(name).stem)[:40] or "upload"
+    return settings.cache_dir() / "uploads" / f"{stem}-{digest}"

@@ -34,7 +34,9 @@ with st.container(border=True):
             upload = st.file_uploader("Zip file", type=["zip"], key="dataset_zip")
             if upload is not None and st.button("Open this zip", type="primary"):
                 with st.spinner("Unpacking…"):
-                    root = datasets.extract_zip(upload.getvalue(), cache.upload_dir(upload.name))
+                    root = datasets.extract_zip(
+                        upload.getvalue(), cache.upload_dir(upload.name, upload.getvalue())
+                    )
                 cache.set_dataset(root)
         elif source.startswith("Folder"):
             folder = st.text_input("Folder path", placeholder="/home/me/photos")
