@@ -15,10 +15,30 @@ st.markdown(
 
 st.subheader("Four steps")
 steps = [
-    ("pages/1_Dataset.py", "1 · Dataset", "🗂️", "Pick the bundled sample, upload a zip or open a folder; check class balance and file health."),
-    ("pages/2_Train.py", "2 · Train", "🏋️", "Choose a pretrained base and settings, press Start, watch the curves."),
-    ("pages/3_Evaluate.py", "3 · Evaluate", "🔍", "Confusion matrix, per-class scores, every mistake one click away."),
-    ("pages/4_Predict.py", "4 · Predict", "📷", "Drop in photos (or take one) and get a verdict in plain words."),
+    (
+        "pages/1_Dataset.py",
+        "1 · Dataset",
+        "🗂️",
+        "Pick the bundled sample, upload a zip or open a folder; check class balance and file health.",
+    ),
+    (
+        "pages/2_Train.py",
+        "2 · Train",
+        "🏋️",
+        "Choose a pretrained base and settings, press Start, watch the curves.",
+    ),
+    (
+        "pages/3_Evaluate.py",
+        "3 · Evaluate",
+        "🔍",
+        "Confusion matrix, per-class scores, every mistake one click away.",
+    ),
+    (
+        "pages/4_Predict.py",
+        "4 · Predict",
+        "📷",
+        "Drop in photos (or take one) and get a verdict in plain words.",
+    ),
 ]
 cols = st.columns(4)
 for col, (page, label, icon, text) in zip(cols, steps, strict=True):

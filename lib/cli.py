@@ -35,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("data", metavar="DIR", help="dataset folder (DIR/<class>/* or DIR/<split>/<class>/*)")
     scan.add_argument("--json", action="store_true", help="print the report as one JSON object")
     scan.add_argument(
-        "--val-fraction", type=float, default=0.15, metavar="X", help="validation share when the app splits (0.15)"
+        "--val-fraction",
+        type=float,
+        default=0.15,
+        metavar="X",
+        help="validation share when the app splits (0.15)",
     )
     scan.add_argument(
         "--test-fraction", type=float, default=0.15, metavar="X", help="test share when the app splits (0.15)"

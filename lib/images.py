@@ -62,9 +62,7 @@ def _open(source: str | Path | bytes, max_pixels: int) -> Image.Image:
     if im.format not in SUPPORTED_FORMATS:
         fmt = im.format or "unknown"
         im.close()
-        raise ImageError(
-            f"{fmt} images are not supported: use JPEG, PNG, BMP, GIF or WebP."
-        )
+        raise ImageError(f"{fmt} images are not supported: use JPEG, PNG, BMP, GIF or WebP.")
     w, h = im.size
     if w * h > max_pixels:
         im.close()

@@ -24,6 +24,7 @@ from lib.errors import UserError
 
 CANCEL_FLAG = "cancel.request"
 ACTIVE = ("queued", "running")
+_children: list[subprocess.Popen] = []  # polled so finished workers don't linger as zombies
 
 
 def max_concurrent() -> int:
@@ -43,25 +44,17 @@ def start(config, runs_dir: Path) -> Path:
             start_new_session=True,  # its own process group: Cancel kills it and its children
             env={**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
+    _children.append(proc)
     runs.write_status(run_dir, "queued", pid=proc.pid)
     return run_dir
 
 
+def _reap() -> None:
+    _children[:] = [p for p in _children if p.poll() is None]
+
+
 def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (finished, not yet reaped by its parent, the app) is not alive.
-    try:
-        with open(f"/proc/{int(pid)}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+    return runs.process_alive({"pid": pid})
 
 
 def cancel(run_dir: Path, wait: float = 5.0) -> None:
@@ -91,10 +84,11 @@ def cancel(run_dir: Path, wait: float = 5.0) -> None:
 
 def reconcile(runs_dir: Path) -> list[Path]:
     """Mark runs left 'queued'/'running' by a dead process (server restart, crash) as interrupted."""
+    _reap()
     changed = []
     for info in runs.list_runs(Path(runs_dir)):
         status = runs.read_status(info.path)
-        if status.get("state") in ACTIVE and not _pid_alive(status.get("pid")):
+        if status.get("state") in ACTIVE and not runs.process_alive(status):
             runs.write_status(
                 info.path,
                 "interrupted",
@@ -156,9 +150,7 @@ def work(run_dir: Path, slots: int) -> int:
         runs.write_status(run_dir, "running", pid=os.getpid(), progress={"phase": "starting"})
         config = training.TrainConfig.from_json((run_dir / "config.json").read_text())
 
-        def on_progress(progress: dict) -> None:
-            runs.write_status(run_dir, "running", pid=os.getpid(), progress=progress)
-
+        on_progress = runs.progress_writer(run_dir, pid=os.getpid())
         training.train(config, run_dir, on_progress=on_progress, should_stop=cancel_flag.exists)
         if cancel_flag.exists():
             raise _Cancelled()

@@ -43,9 +43,7 @@ with st.container(border=True):
             if st.button("Open folder", type="primary") and folder:
                 cache.set_dataset(datasets.check_folder(folder))
         else:
-            st.caption(
-                "The classic Keras tutorial dataset: 3,000 photos of cats and dogs (68 MB download)."
-            )
+            st.caption("The classic Keras tutorial dataset: 3,000 photos of cats and dogs (68 MB download).")
             if st.button("Download cats vs dogs", type="primary"):
                 with st.spinner("Downloading (68 MB)…"):
                     cache.set_dataset(datasets.download_cats_vs_dogs(settings.cache_dir() / "downloads"))
@@ -108,10 +106,23 @@ for cls in scan.classes:
     picked = rows.sample(n=min(per_class, len(rows)), random_state=seed) if len(rows) else rows
     cols = st.columns(per_class)
     for col, (_, row) in zip(cols, picked.iterrows(), strict=False):
-        col.image(cache.thumbnail(row["path"]), caption=md_escape(row["relpath"]), width="stretch")
+        col.image(
+            cache.thumbnail(row["path"]),
+            caption=md_escape(row["relpath"].rsplit("/", 1)[-1]),
+            width="stretch",
+        )
 
 # Sizes
 st.subheader("Image sizes")
+sizes = usable.groupby(["width", "height"]).size().sort_values(ascending=False)
+if len(sizes) == 1:
+    (w, h), _ = next(iter(sizes.items()))
+    st.markdown(f"All images are **{w} x {h}** pixels.")
+else:
+    st.markdown(
+        f"{plural(len(sizes), 'different size')}; from {usable['width'].min()} to {usable['width'].max()} px "
+        f"wide and {usable['height'].min()} to {usable['height'].max()} px high. Training resizes them all."
+    )
 left, right = st.columns(2)
 left.plotly_chart(charts.image_sizes(manifest), key="sizes")
 right.plotly_chart(charts.aspect_ratios(manifest), key="aspects")

@@ -110,3 +110,20 @@ def wait_for_app(page) -> None:
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000
     )
+
+
+def save_screenshot(page, name: str) -> None:
+    """Full-page screenshot into $STUDIO_SCREENSHOTS (when set), for people to look at."""
+    folder = os.environ.get("STUDIO_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        size = page.viewport_size
+        # Streamlit scrolls inside its main container, so grow the viewport to show everything.
+        height = page.evaluate(
+            "() => Math.max(...[...document.querySelectorAll('[data-testid=stMain], section')]"
+            ".map(e => e.scrollHeight), document.body.scrollHeight)"
+        )
+        page.set_viewport_size({"width": size["width"], "height": min(int(height) + 50, 12000)})
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+        page.set_viewport_size(size)

@@ -1,0 +1,103 @@
+"""AppTest: every page renders without an exception, with and without a dataset chosen."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ["pages/1_Dataset.py", "pages/2_Train.py", "pages/3_Evaluate.py", "pages/4_Predict.py"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_RUNS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _run(script: str, dataset: Path | None = None, timeout: float = 120) -> AppTest:
+    at = AppTest.from_file(str(ROOT / script), default_timeout=timeout)
+    if dataset is not None:
+        at.session_state["dataset_dir"] = str(dataset)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _text(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [m.value for m in at.info] + [m.value for m in at.success]
+    parts += [m.value for m in at.warning] + [m.value for m in at.error] + [m.value for m in at.caption]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_home_page_links_the_four_steps_in_order():
+    at = _run("streamlit_app.py")
+    assert "Image classifier studio" in at.title[0].value
+    labels = [link.proto.label for link in at.get("page_link")]
+    assert labels == ["1 · Dataset", "2 · Train", "3 · Evaluate", "4 · Predict"]
+
+
+def test_home_page_and_cli_help_do_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file("streamlit_app.py").run()
+assert not at.exception
+from lib import cli
+try:
+    cli.main(["--help"])
+except SystemExit:
+    pass
+print("TF" if "tensorflow" in sys.modules or "keras" in sys.modules else "clean")
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "clean", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("script", PAGES)
+def test_pages_render_without_a_dataset(script):
+    at = _run(script)
+    assert at.info or at.warning, "a friendly empty state tells the user what to do"
+
+
+def test_dataset_page_with_the_sample(tmp_path):
+    from lib import datasets
+
+    at = _run("pages/1_Dataset.py", datasets.sample_dataset_dir())
+    text = _text(at)
+    assert "usable images" in text
+    assert "would be right" in text  # the majority-class baseline sentence
+    assert "Angular leaf spot" in text and "Bean rust" in text and "Healthy" in text
+    assert "No problems found" in text
+
+
+def test_dataset_page_escapes_user_file_and_class_names(tmp_path, make_image):
+    root = tmp_path / "data"
+    for cls in ("![x](http://e.invalid/x.png)", "plain"):
+        for i in range(3):
+            make_image(
+                root / cls / f"<b>{i}</b>.png", (i * 40, 100, 200 if cls == "plain" else 0), seed=i + len(cls)
+            )
+    at = _run("pages/1_Dataset.py", root)
+    for md in at.markdown:
+        assert "![x](http" not in md.value, md.value
+    for img in at.get("imgs"):
+        for caption in getattr(img.proto, "imgs", []):
+            assert "<b>" not in caption.caption or "\\<b\\>" in caption.caption
+
+
+def test_dataset_page_reports_a_broken_file(tmp_path, make_image):
+    root = tmp_path / "data"
+    for cls in ("cats", "dogs"):
+        for i in range(4):
+            make_image(
+                root / cls / f"{i}.png", (i * 50, 80, 120 if cls == "cats" else 10), seed=i + len(cls) * 7
+            )
+    (root / "cats" / "broken.jpg").write_bytes(b"this is not a jpeg")
+    at = _run("pages/1_Dataset.py", root)
+    assert "problem" in _text(at)
+    table = at.dataframe[0].value
+    assert table.astype(str).apply(lambda col: col.str.contains("broken.jpg")).any().any()
