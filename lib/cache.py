@@ -60,3 +60,121 @@ def upload_dir(name: str, data: bytes) -> Path:
     digest = hashlib.sha1(data).hexdigest()[:16]
     stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(name).stem)[:40] or "upload"
     return settings.cache_dir() / "uploads" / f"{stem}-{digest}"
+
+
+def finished_runs(runs_dir: Path | None = None) -> list:
+    """Runs that have a model to use, newest first (damaged folders are left out)."""
+    from lib import runs
+
+    infos = runs.list_runs(runs_dir or settings.runs_dir())
+    done = [i for i in infos if i.state == "finished" and i.has_model and not i.damaged]
+    return sorted(done, key=lambda i: i.created or i.run_id, reverse=True)
+
+
+def run_label(info) -> str:
+    """How a run appears in pickers: name · base · date · validation accuracy."""
+    acc = f" · val {info.val_accuracy:.1%}" if info.val_accuracy is not None else ""
+    when = (info.created or "")[:16].replace("T", " ")
+    return f"{info.name} · {info.base} · {when}{acc}"
+
+
+@st.cache_data(show_spinner=False, max_entries=32, ttl=3600)
+def _predictions(run_dir: str, data_dir: str | None, split: str, model_mtime: int, data_key: str):
+    from lib import evaluation
+
+    return evaluation.predict_split(run_dir, data_dir, split)
+
+
+def predictions(run_dir: str, data_dir: str | None, split: str):
+    """A run's predictions on a split (stored on disk by lib.evaluation, and in memory here)."""
+    from lib import runs
+
+    model = Path(run_dir) / "model.keras"
+    mtime = model.stat().st_mtime_ns if model.exists() else 0
+    try:
+        root = Path(data_dir) if data_dir else Path(split) if Path(split).is_dir() else None
+        if root is None:
+            cfg = runs.read_config(run_dir)
+            root = Path(cfg.get("data_dir", ""))
+        data_key = datasets.scan_key(root) if root.is_dir() else ""
+    except Exception:  # the lib call below gives the user the precise message
+        data_key = ""
+    return _predictions(run_dir, data_dir, split, mtime, data_key)
+
+
+@st.cache_data(show_spinner=False, max_entries=4000)
+def _thumb_url(path: str, mtime_ns: int) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    from lib import images
+
+    try:
+        im = Image.fromarray(images.thumbnail(path, 96))
+    except Exception:
+        return ""
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+THUMBNAIL_ROWS = 300
+
+
+def prediction_table(view):
+    """The prediction table for display; thumbnails for the first THUMBNAIL_ROWS rows keep 10,000 rows fast."""
+    import pandas as pd
+
+    from lib.text import readable_label
+
+    head = view.head(THUMBNAIL_ROWS)
+    thumbs = []
+    for p in head["path"]:
+        try:
+            thumbs.append(_thumb_url(p, Path(p).stat().st_mtime_ns))
+        except OSError:
+            thumbs.append("")
+    thumbs += [None] * (len(view) - len(head))
+    return pd.DataFrame(
+        {
+            "thumbnail": thumbs,
+            "file": view["path"].str.rsplit("/", n=1).str[-1].to_numpy(),
+            "actual": [readable_label(c) for c in view["actual"]],
+            "predicted": [readable_label(c) for c in view["predicted"]],
+            "confidence": view["confidence"].to_numpy(),
+            "correct": view["correct"].to_numpy(),
+            "path": view["path"].to_numpy(),
+        }
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _model_summary(run_dir: str, mtime_ns: int) -> dict:
+    from lib import evaluation
+
+    return evaluation.model_summary(run_dir)
+
+
+def model_summary(run_dir: str) -> dict:
+    model = Path(run_dir) / "model.keras"
+    return _model_summary(run_dir, model.stat().st_mtime_ns if model.exists() else 0)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def augmentation_preview(path: str, settings_items: tuple, seed: int, n: int = 9, size: int = 224) -> list:
+    """n random augmentations of one image, made by the same Keras layers training uses."""
+    import numpy as np
+
+    from lib import images, training
+
+    options = dict(settings_items)
+    config = training.TrainConfig(augment=True, seed=int(seed) % 100_000, **options)
+    rgb = images.decode(path, size)
+    layer = training.augmenter(config, seed=config.seed)
+    if layer is None:
+        return [rgb] * n
+    batch = np.repeat(rgb[None].astype("float32"), n, axis=0)
+    out = np.asarray(layer(batch, training=True))
+    return [np.clip(x, 0, 255).astype("uint8") for x in out]

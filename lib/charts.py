@@ -90,3 +90,99 @@ def training_curves(history: pd.DataFrame) -> go.Figure:
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
     fig.update_xaxes(title_text="epoch")
     return fig
+
+
+def confusion_matrix(cm, classes: list[str], *, normalized: bool = False, selected=None) -> go.Figure:
+    """The confusion matrix as clickable square markers (Streamlit reports no clicks on go.Heatmap).
+
+    Point number i * n + j is the cell (actual i, predicted j); `cell_of_point` maps it back.
+    """
+    import numpy as np
+
+    cm = np.asarray(cm)
+    n = len(classes)
+    totals = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, np.maximum(totals, 1))
+    values = share if normalized else cm
+    labels = [readable_label(c) for c in classes]
+    xs, ys, text, colour, custom = [], [], [], [], []
+    for i in range(n):
+        for j in range(n):
+            xs.append(labels[j])
+            ys.append(labels[i])
+            text.append(f"{share[i, j]:.0%}" if normalized else f"{int(cm[i, j])}")
+            colour.append(float(share[i, j]))
+            custom.append([int(cm[i, j]), f"{share[i, j]:.0%}"])
+    side = max(28, min(110, int(520 / max(n, 1))))
+    fig = go.Figure(
+        go.Scatter(
+            x=xs,
+            y=ys,
+            mode="markers+text",
+            text=text,
+            textfont=dict(size=max(9, min(16, side // 4))),
+            marker=dict(
+                symbol="square",
+                size=side,
+                color=colour,
+                colorscale=[[0, "#f1f8e9"], [0.5, "#7cb342"], [1, "#1b5e20"]],
+                cmin=0,
+                cmax=1,
+                line=dict(width=1, color="white"),
+                showscale=False,
+            ),
+            customdata=custom,
+            hovertemplate="Actual %{y}, predicted %{x}<br>%{customdata[0]} images (%{customdata[1]} of the row)"
+            "<br>Click to see them<extra></extra>",
+            selectedpoints=[selected] if selected is not None else None,
+            selected=dict(marker=dict(opacity=1.0)),
+            unselected=dict(marker=dict(opacity=0.35)),
+        )
+    )
+    size = side * n + 160
+    fig.update_layout(
+        height=size,
+        width=size + 60,
+        margin=dict(l=10, r=10, t=10, b=10),
+        xaxis=dict(
+            title="predicted", categoryorder="array", categoryarray=labels, side="top", showgrid=False
+        ),
+        yaxis=dict(
+            title="actual", categoryorder="array", categoryarray=labels[::-1], showgrid=False, zeroline=False
+        ),
+        plot_bgcolor="white",
+        dragmode=False,
+        clickmode="event+select",
+    )
+    # values kept for tests and hover consistency
+    fig.layout.meta = {"values": values.tolist()}
+    return fig
+
+
+def cell_of_point(point_number: int, n_classes: int) -> tuple[int, int]:
+    """(actual index, predicted index) of a clicked confusion-matrix marker."""
+    return divmod(int(point_number), n_classes)
+
+
+def probability_bars(probs: dict[str, float], top: int = 5) -> go.Figure:
+    """Horizontal bars of the top class probabilities (largest on top)."""
+    items = sorted(probs.items(), key=lambda kv: kv[1], reverse=True)[:top][::-1]
+    fig = go.Figure(
+        go.Bar(
+            x=[p for _, p in items],
+            y=[readable_label(c) for c, _ in items],
+            orientation="h",
+            marker_color=["#2e7d32" if i == len(items) - 1 else "#90a4ae" for i in range(len(items))],
+            text=[f"{p:.0%}" for _, p in items],
+            textposition="auto",
+            hoverinfo="skip",
+        )
+    )
+    fig.update_layout(
+        height=40 + 26 * len(items),
+        margin=dict(l=0, r=0, t=0, b=0),
+        xaxis=dict(range=[0, 1], visible=False),
+        yaxis=dict(automargin=True),
+        showlegend=False,
+    )
+    return fig

@@ -861,3 +861,35 @@ def evaluate_command(args: Any) -> int:
     }
     print(json.dumps(summary, ensure_ascii=False))
     return 0
+
+
+def filter_predictions(
+    df: pd.DataFrame,
+    *,
+    actual: Sequence[str] = (),
+    predicted: Sequence[str] = (),
+    correct: bool | None = None,
+    confidence: tuple[float, float] = (0.0, 1.0),
+    text: str = "",
+) -> pd.DataFrame:
+    """The rows a user asked for on the Evaluate page (empty selections mean 'any')."""
+    mask = pd.Series(True, index=df.index)
+    if actual:
+        mask &= df["actual"].isin(list(actual))
+    if predicted:
+        mask &= df["predicted"].isin(list(predicted))
+    if correct is not None:
+        mask &= df["correct"] == correct
+    lo, hi = confidence
+    if lo > 0.0 or hi < 1.0:
+        mask &= df["confidence"].between(lo, hi)
+    if text:
+        mask &= df["path"].str.rsplit("/", n=1).str[-1].str.contains(text, case=False, regex=False)
+    return df[mask]
+
+
+def predictions_csv(df: pd.DataFrame, classes: Sequence[str]) -> bytes:
+    """CSV of prediction rows: file, actual, predicted, confidence, correct, then each class's probability."""
+    cols = ["path", "split", "actual", "predicted", "confidence", "correct"]
+    cols += [prob_column(c) for c in classes if prob_column(c) in df]
+    return df[[c for c in cols if c in df]].to_csv(index=False).encode("utf-8")

@@ -16,10 +16,14 @@ def _isolated_dirs(tmp_path, monkeypatch):
 
 
 def _run(script: str, dataset: Path | None = None, timeout: float = 120) -> AppTest:
-    at = AppTest.from_file(str(ROOT / script), default_timeout=timeout)
+    """Open the app at its home page (so page links resolve), then go to `script` like a user."""
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=timeout)
     if dataset is not None:
         at.session_state["dataset_dir"] = str(dataset)
     at.run()
+    if script != "streamlit_app.py":
+        at.switch_page(script)
+        at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
