@@ -86,7 +86,7 @@ st.dataframe(
 )
 
 
-def draw_gallery(rows, classes) -> None:
+def draw_gallery(rows, classes, key: str) -> None:
     """Images in a grid of four, each with its verdict and probability bars."""
     cols = st.columns(4)
     for i, (_, row) in enumerate(rows.iterrows()):
@@ -100,7 +100,7 @@ def draw_gallery(rows, classes) -> None:
             probs = {c: float(row[evaluation.prob_column(c)]) for c in classes}
             st.plotly_chart(
                 charts.probability_bars(probs, top=3),
-                key=f"bars_{row['path']}_{i}",
+                key=f"{key}_{i}",
                 config={"displayModeBar": False, "staticPlot": True},
             )
 
@@ -122,14 +122,15 @@ cm = evaluation.confusion_matrix(df["actual"], df["predicted"], classes)
 st.caption(
     "Rows: the actual class. Columns: what the model said. **Click a cell** to see exactly those images."
 )
-event = st.plotly_chart(
-    charts.confusion_matrix(cm, classes, normalized=normalized),
-    on_select="rerun",
-    selection_mode="points",
-    key=f"cm_{st.session_state.get('cm_version', 0)}",
-    width="content",
-    config={"displayModeBar": False},
-)
+with st.container(key="confusion_matrix"):
+    event = st.plotly_chart(
+        charts.confusion_matrix(cm, classes, normalized=normalized),
+        on_select="rerun",
+        selection_mode="points",
+        key=f"cm_{st.session_state.get('cm_version', 0)}",
+        width="content",
+        config={"displayModeBar": False},
+    )
 points = (event.selection or {}).get("points", []) if event else []
 if points:
     point = points[0].get("point_number", points[0].get("point_index"))
@@ -168,6 +169,8 @@ if st.session_state.get("cm_cell") and actual_sel and pred_sel:
 else:
     st.caption(f"{plural(len(view), 'image')} of {len(df):,}.")
 table = cache.prediction_table(view)
+if settings.hosted():
+    table = table.drop(columns=["path"])  # no server paths on a public demo
 st.dataframe(
     table,
     hide_index=True,
@@ -193,10 +196,10 @@ mistakes = view[~view["correct"]].sort_values("confidence", ascending=False)
 if mistakes.empty:
     st.markdown("No mistakes among these images. 🎉")
 else:
-    draw_gallery(mistakes.head(12), classes)
+    draw_gallery(mistakes.head(12), classes, "mistake")
 
 with st.expander("Random samples with their probabilities"):
-    draw_gallery(view.sample(n=min(8, len(view)), random_state=1), classes)
+    draw_gallery(view.sample(n=min(8, len(view)), random_state=1), classes, "sample")
 
 # --- the run itself -------------------------------------------------------------------------------
 st.subheader("Training")

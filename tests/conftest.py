@@ -55,3 +55,31 @@ def tiny_dataset(tmp_path_factory) -> Path:
         for i in range(TINY_PER_CLASS):
             write_image(root / name / f"{name}_{i:03d}.png", colour, seed=1000 * c + i)
     return root
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory) -> Path:
+    """A finished run trained on the bundled sample with the bundled backbone (about 15 s, once).
+
+    Shared and read-only: copy the folder (shutil.copytree) before changing it.
+    """
+    import os
+
+    from lib import runs, settings, training
+
+    home = tmp_path_factory.mktemp("sample-run")
+    old = os.environ.get("STUDIO_CACHE_DIR")
+    os.environ["STUDIO_CACHE_DIR"] = str(home / "cache")
+    try:
+        config = training.TrainConfig(
+            data_dir=str(settings.sample_dir()), weights="bundled", epochs=15, seed=1
+        )
+        run_dir = runs.create_run(home / "models", config)
+        training.train(config, run_dir)
+        runs.write_status(run_dir, "finished")
+    finally:
+        if old is None:
+            os.environ.pop("STUDIO_CACHE_DIR", None)
+        else:
+            os.environ["STUDIO_CACHE_DIR"] = old
+    return run_dir

@@ -105,3 +105,35 @@ def test_dataset_page_reports_a_broken_file(tmp_path, make_image):
     assert "problem" in _text(at)
     table = at.dataframe[0].value
     assert table.astype(str).apply(lambda col: col.str.contains("broken.jpg")).any().any()
+
+
+def _with_run(sample_run, tmp_path) -> Path:
+    import shutil
+
+    runs_dir = tmp_path / "models"
+    shutil.copytree(sample_run, runs_dir / sample_run.name)
+    return runs_dir / sample_run.name
+
+
+def test_train_page_with_the_sample_shows_an_estimate_and_the_runs(sample_run, tmp_path):
+    from lib import datasets
+
+    _with_run(sample_run, tmp_path)
+    at = _run("pages/2_Train.py", datasets.sample_dataset_dir())
+    text = _text(at)
+    assert "Estimated time: **about" in text
+    assert at.dataframe, "the runs table is shown"
+    assert sample_run.name in at.dataframe[-1].value["run"].tolist()
+
+
+def test_evaluate_page_for_a_finished_run(sample_run, tmp_path):
+    _with_run(sample_run, tmp_path)
+    at = _run("pages/3_Evaluate.py")
+    assert [m.label for m in at.metric] == ["Images", "Correct", "Incorrect", "Accuracy"]
+    assert at.metric[0].value == "45"  # the sample's test split
+    table = at.dataframe[1].value  # [0] per-class, [1] predictions
+    assert len(table) == 45 and {"file", "actual", "predicted", "confidence"} <= set(table.columns)
+    # filtering to incorrect rows only
+    at.radio(key="f_correct").set_value("incorrect").run()
+    wrong = int(at.metric[2].value)
+    assert len(at.dataframe[1].value) == wrong

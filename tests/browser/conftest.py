@@ -45,8 +45,9 @@ def app_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def app_url(app_home):
-    """Start `streamlit run streamlit_app.py` on loopback and wait until it is healthy."""
+def app_url(app_home, sample_run):
+    """Start `streamlit run streamlit_app.py` on loopback (with one finished run) and wait until healthy."""
+    shutil.copytree(sample_run, app_home / "models" / sample_run.name)
     port = _free_port()
     env = dict(os.environ)
     env.update(
