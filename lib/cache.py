@@ -178,3 +178,27 @@ def augmentation_preview(path: str, settings_items: tuple, seed: int, n: int = 9
     batch = np.repeat(rgb[None].astype("float32"), n, axis=0)
     out = np.asarray(layer(batch, training=True))
     return [np.clip(x, 0, 255).astype("uint8") for x in out]
+
+
+@st.cache_resource(show_spinner=False, max_entries=3, ttl=3600)
+def _predictor(run_dir: str, mtime_ns: int):
+    from lib import prediction
+
+    return prediction.load_predictor(run_dir)
+
+
+def predictor(run_dir: str | Path):
+    """A loaded model (bounded: at most 3 in memory, dropped after an hour unused)."""
+    model = Path(run_dir) / "model.keras"
+    return _predictor(str(run_dir), model.stat().st_mtime_ns if model.exists() else 0)
+
+
+def best_run_index(infos: list) -> int:
+    """The newest of the best runs (highest validation accuracy; newest wins ties)."""
+    if not infos:
+        return 0
+    scored = [
+        (i.val_accuracy if i.val_accuracy is not None else -1.0, i.created or i.run_id, n)
+        for n, i in enumerate(infos)
+    ]
+    return max(scored)[2]

@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (or a zip)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    predict.add_argument(
+        "--threshold", type=float, default=0.6, metavar="P", help="unsure below this top probability (0.6)"
+    )
+    predict.add_argument("--top-k", type=int, default=3, metavar="N", help="probabilities listed in JSON (3)")
     return parser
 
 

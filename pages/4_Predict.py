@@ -1,7 +1,137 @@
-"""4 · Predict (being built)."""
+"""Predict: drop in photos (or take one) and get a verdict in plain words, with where the model looked."""
 
 import streamlit as st
 
-st.set_page_config(page_title="4 · Predict · Image classifier studio", page_icon="📷", layout="wide")
+from lib import cache, charts, export, gradcam, prediction, settings
+from lib.errors import UserError
+from lib.text import md_escape, plural
+
+st.set_page_config(page_title="Predict · Image classifier studio", page_icon="📷", layout="wide")
 st.title("4 · Predict")
-st.info("This step is not ready yet.")
+
+finished = cache.finished_runs()
+if not finished:
+    st.info("There is no trained model yet. Train one on the **2 · Train** page, then come back.")
+    st.page_link("pages/2_Train.py", label="Go to 2 · Train", icon="🏋️")
+    st.stop()
+
+labels = {info.path: cache.run_label(info) for info in finished}
+paths = list(labels)
+run_dir = st.selectbox(
+    "Model", paths, index=cache.best_run_index(finished), format_func=lambda p: labels[p], key="p_run"
+)
+try:
+    with st.spinner("Loading the model…"):
+        model = cache.predictor(run_dir)
+except UserError as exc:
+    st.error(str(exc))
+    st.stop()
+st.markdown(
+    f"**{md_escape(prediction.knows_line(model.classes))}.** It can only answer with one of these, "
+    "so a photo of something else will still get one of these names."
+)
+
+with st.expander("Options"):
+    o1, o2 = st.columns(2)
+    threshold = o1.slider(
+        "Say 'not sure' below this confidence",
+        0.0,
+        1.0,
+        prediction.DEFAULT_UNSURE_THRESHOLD,
+        0.05,
+        key="p_thr",
+    )
+    show_heat = o2.toggle("Show where the model looked (heat map)", True, key="p_heat")
+
+files = st.file_uploader(
+    "Drop photos here (or a zip of photos)",
+    accept_multiple_files=True,
+    key="p_files",
+    help=f"JPEG, PNG, BMP, GIF or WebP, up to {settings.max_pixels() / 1e6:.0f} megapixels each.",
+)
+photo = (
+    st.camera_input("…or take a photo", key="p_camera")
+    if st.toggle("Use the camera", key="p_cam_on")
+    else None
+)
+
+items = [(f.name, f.getvalue()) for f in files or []]
+if photo is not None:
+    items.append(("camera photo", photo.getvalue()))
+if not items:
+    st.info("Add one or more photos above to see what the model thinks.")
+else:
+    with st.spinner(f"Looking at {plural(len(items), 'file')}…"):
+        results = prediction.predict_images(
+            model, items, model.size, model.classes, unsure_threshold=threshold
+        )
+    good = [r for r in results if r.ok]
+    if len(results) > 1:
+        st.markdown(
+            f"{plural(len(good), 'photo')} judged"
+            + (
+                f", {plural(len(results) - len(good), 'file')} could not be used"
+                if len(good) < len(results)
+                else ""
+            )
+            + "."
+        )
+        st.dataframe(prediction.results_frame(results, model.classes), hide_index=True)
+        st.download_button(
+            "⬇️ Download the results (CSV)",
+            prediction.results_csv(results, model.classes),
+            file_name="predictions.csv",
+            mime="text/csv",
+        )
+    SHOWN = 24
+    for n, r in enumerate(results[:SHOWN]):
+        with st.container(border=True):
+            if not r.ok:
+                st.error(f"**{md_escape(r.name)}**: {md_escape(r.error)}")
+                continue
+            left, right = st.columns([1, 1])
+            if show_heat and n < 12:
+                heat = gradcam.gradcam(model, r.image, model.classes.index(r.predicted))
+                left.image(
+                    gradcam.overlay(r.image, heat),
+                    caption="Red: where the model looked most",
+                    width="stretch",
+                )
+            else:
+                left.image(r.image, width="stretch")
+            with right:
+                st.caption(md_escape(r.name))
+                (st.warning if r.unsure else st.success)(md_escape(r.verdict))
+                st.plotly_chart(
+                    charts.probability_bars(r.probabilities, top=3),
+                    key=f"pbars_{n}",
+                    config={"displayModeBar": False, "staticPlot": True},
+                )
+    if len(results) > SHOWN:
+        st.caption(f"The first {SHOWN} are shown; the table and the CSV hold all {len(results)}.")
+
+with st.expander("Download this model (for a phone, a server or another app)"):
+    st.caption(
+        "Each download is checked first: its predictions on validation images are compared with the app's."
+    )
+    fmt = st.selectbox("Format", list(export.FORMATS), format_func=export.FORMATS.get, key="p_fmt")
+    if st.button("Prepare the download", key="p_export"):
+        try:
+            with st.spinner("Exporting and checking…"):
+                st.session_state["p_export_result"] = export.export_run(run_dir, fmt, predictor=model)
+        except UserError as exc:
+            st.error(str(exc))
+    result = st.session_state.get("p_export_result")
+    if result is not None and result.path.exists() and result.format == fmt:
+        check = result.parity
+        st.markdown(
+            f"Agrees with the app on **{check.get('agreed')} of {check.get('images')}** images "
+            f"(largest probability difference {check.get('max_abs_diff', 0):.1e}). "
+            f"{result.size_bytes / 1e6:.1f} MB."
+        )
+        st.download_button(
+            f"⬇️ {result.file_name}",
+            result.path.read_bytes(),
+            file_name=result.file_name,
+            mime="application/zip",
+        )

@@ -1,0 +1,46 @@
+"""In a real browser: upload photos on the Predict page and read the verdicts, at laptop and phone width."""
+
+import re
+
+from conftest import save_screenshot, wait_for_app
+
+from lib import settings
+
+VERDICT = re.compile(r"(% sure|Not sure: could be)")
+
+
+def _upload(page, app_url, files):
+    page.goto(app_url + "/Predict")
+    wait_for_app(page)
+    page.get_by_text("This model knows 3 kinds").wait_for()
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(files)
+
+
+def test_upload_photos_and_a_bad_file_see_verdicts(app_url, page, tmp_path):
+    photo = next((settings.sample_dir() / "test" / "healthy").glob("*.jpg"))
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is not a photo")
+    _upload(page, app_url, [str(photo), str(bad)])
+    verdict = page.locator('[data-testid="stAlert"]').filter(has_text=VERDICT)
+    verdict.first.wait_for(timeout=120_000)
+    wait_for_app(page)
+    page.locator('[data-testid="stAlert"]').filter(
+        has_text=re.compile(r"notes\.jpg.*not an image", re.I)
+    ).wait_for()
+    assert page.get_by_text("Red: where the model looked most").count() == 1
+    save_screenshot(page, "predict")
+
+
+def test_predict_page_at_phone_width(app_url, browser):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    photo = next((settings.sample_dir() / "test" / "bean_rust").glob("*.jpg"))
+    _upload(page, app_url, [str(photo)])
+    page.locator('[data-testid="stAlert"]').filter(has_text=VERDICT).first.wait_for(timeout=120_000)
+    wait_for_app(page)
+    # nothing wider than the phone's screen
+    overflow = page.evaluate("() => document.documentElement.scrollWidth")
+    assert overflow <= 400, overflow
+    save_screenshot(page, "predict-phone")
+    context.close()
