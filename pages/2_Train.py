@@ -49,6 +49,10 @@ def live_job() -> None:
     status = runs.read_status(run_dir)
     state = status.get("state", "unknown")
     progress = status.get("progress") or {}
+    seen = st.session_state.get("seen_state")
+    st.session_state["seen_state"] = (str(run_dir), state)
+    if seen and seen[0] == str(run_dir) and seen[1] in jobs.ACTIVE and state not in jobs.ACTIVE:
+        st.rerun(scope="app")  # the job just ended: refresh the runs table and the estimate too
     with st.container(border=True):
         st.markdown(f"**Run {md_escape(run_dir.name)}** · {state}")
         if state == "queued":
