@@ -83,14 +83,15 @@ def test_dataset_page_escapes_user_file_and_class_names(tmp_path, make_image):
     for cls in ("![x](http://e.invalid/x.png)", "plain"):
         for i in range(3):
             make_image(
-                root / cls / f"<b>{i}</b>.png", (i * 40, 100, 200 if cls == "plain" else 0), seed=i + len(cls)
+                root / cls / f"<b>{i}<i>.png", (i * 40, 100, 200 if cls == "plain" else 0), seed=i + len(cls)
             )
     at = _run("pages/1_Dataset.py", root)
     for md in at.markdown:
         assert "![x](http" not in md.value, md.value
-    for img in at.get("imgs"):
-        for caption in getattr(img.proto, "imgs", []):
-            assert "<b>" not in caption.caption or "\\<b\\>" in caption.caption
+    captions = [c for img in at.get("image") for c in img.captions if c]
+    assert captions, "sample images are shown with their file names"
+    for caption in captions:
+        assert "<b>" not in caption and "\\<b\\>" in caption, caption
 
 
 def test_dataset_page_reports_a_broken_file(tmp_path, make_image):
@@ -137,3 +138,22 @@ def test_evaluate_page_for_a_finished_run(sample_run, tmp_path):
     at.radio(key="f_correct").set_value("incorrect").run()
     wrong = int(at.metric[2].value)
     assert len(at.dataframe[1].value) == wrong
+
+
+def test_dataset_page_augmentation_preview_shows_nine_variations():
+    from lib import datasets
+
+    at = _run("pages/1_Dataset.py", datasets.sample_dataset_dir())
+    before = len(at.get("image"))
+    at.toggle(key="aug_show").set_value(True).run()
+    assert not at.exception
+    assert len(at.get("image")) == before + 9
+
+
+def test_dataset_page_folder_source_with_a_bad_path_says_so(tmp_path):
+    at = _run("pages/1_Dataset.py")
+    at.radio(key="dataset_source").set_value("Folder on the server").run()
+    at.text_input[0].set_value(str(tmp_path / "nowhere")).run()
+    at.button[0].click().run()
+    assert not at.exception
+    assert at.error and "nowhere" in at.error[0].value
