@@ -7,8 +7,6 @@ the batch goes on. Zips are read in memory (never written to disk) with the untr
 from __future__ import annotations
 
 import csv
-import functools
-import importlib
 import io
 import json
 import os
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from lib.errors import ImageError, UserError
+from lib.text import readable_label
 
 BATCH_SIZE = 32
 DEFAULT_TOP_K = 3
@@ -45,28 +44,6 @@ Source = str | Path | bytes | bytearray
 # ----------------------------------------------------------------------------------------------
 # Labels and verdict texts
 # ----------------------------------------------------------------------------------------------
-
-
-def readable_label(name: str) -> str:
-    """Class folder name to words for people ("bean_rust" -> "Bean rust"); the project's one when present."""
-    return str(_label_function()(name))
-
-
-@functools.cache
-def _label_function() -> Any:
-    for module in ("lib.text", "lib.datasets"):
-        try:
-            func = getattr(importlib.import_module(module), "readable_label", None)
-        except ImportError:
-            func = None
-        if callable(func):
-            return func
-    return _readable_label
-
-
-def _readable_label(name: str) -> str:
-    words = " ".join(str(name).replace("_", " ").replace("-", " ").split())
-    return words[:1].upper() + words[1:] if words else str(name)
 
 
 def knows_line(classes: Sequence[str]) -> str:

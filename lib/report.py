@@ -35,6 +35,8 @@ _MD_ORDERED = re.compile(r"^(\s*\d+)\.")
 def md_escape(text: object) -> str:
     """Backslash-escape Markdown punctuation (and flatten newlines) so user text renders as plain text.
 
+    For the CommonMark report file; lib.text.md_escape also escapes Streamlit's ':' and '$' syntax.
+
     Inline markup characters are escaped everywhere; block markers (#, -, +, "1.") only at the start.
     """
     s = re.sub(r"[\r\n\t]+", " ", str(text))

@@ -413,7 +413,7 @@ def test_make_result_top_k_and_probabilities_in_class_order():
 def test_knows_line():
     assert pr.knows_line(CLASSES) == "This model knows 3 kinds: Angular leaf spot, Bean rust, Healthy"
     assert pr.readable_label("bean_rust") == "Bean rust"
-    assert pr._readable_label("angular-leaf_spot") == "Angular leaf spot"
+    assert pr.readable_label("angular-leaf_spot") == "Angular leaf spot"
 
 
 def test_results_table_and_csv():
