@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-from lib import settings
+from lib import cache, settings
 
 st.set_page_config(page_title="Image classifier studio", page_icon="🖼️", layout="wide")
+cache.sidebar()
 
 st.title("Image classifier studio")
 st.markdown(

@@ -9,9 +9,55 @@ from pathlib import Path
 
 import streamlit as st
 
-from lib import datasets, settings
+from lib import datasets, settings, workspace
 
 DATASET_KEY = "dataset_dir"
+TOKEN_KEY = "ws"
+
+
+def workspace_token() -> str | None:
+    """Hosted mode: this visitor's workspace token, kept in the URL (?ws=...) so a refresh or a
+    bookmark finds the same workspace. Streamlit drops query parameters when the sidebar switches
+    pages, so the session remembers it and puts it back. Local use: None (one shared runs folder)."""
+    if not settings.hosted():
+        return None
+    token = st.session_state.get(TOKEN_KEY) or st.query_params.get(TOKEN_KEY)
+    if not workspace.valid_token(token):
+        token = workspace.new_token()
+    st.session_state[TOKEN_KEY] = token
+    if st.query_params.get(TOKEN_KEY) != token:
+        st.query_params[TOKEN_KEY] = token
+    return token
+
+
+def runs_dir() -> Path:
+    """Where this visitor's runs live (the shared models/ folder in local use)."""
+    return workspace.runs_dir_for(workspace_token())
+
+
+def sidebar() -> None:
+    """Hosted mode: when the workspace expires, a download of its runs, and the privacy note."""
+    token = workspace_token()
+    if token is None:
+        return
+    workspace.cleanup_if_due()
+    with st.sidebar:
+        expires = workspace.expires_at(token)
+        st.caption(
+            f"Your workspace is private to this link (bookmark it). It is deleted "
+            f"{expires:%Y-%m-%d %H:%M} UTC unless you come back before then."
+        )
+        if workspace.finished_runs(token):
+            st.download_button(
+                "Download my models (zip)",
+                data=lambda: workspace.runs_zip(token),
+                file_name="my-models.zip",
+                mime="application/zip",
+            )
+        st.caption(
+            "Privacy: photos you upload are used only to answer you. Predicted photos are not stored; "
+            "uploaded datasets and your models stay in your workspace until it expires."
+        )
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -59,16 +105,23 @@ def upload_dir(name: str, data: bytes) -> Path:
 
     digest = hashlib.sha1(data).hexdigest()[:16]
     stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(name).stem)[:40] or "upload"
-    return settings.cache_dir() / "uploads" / f"{stem}-{digest}"
+    return workspace.uploads_dir_for(workspace_token()) / f"{stem}-{digest}"
 
 
-def finished_runs(runs_dir: Path | None = None) -> list:
-    """Runs that have a model to use, newest first (damaged folders are left out)."""
+def finished_runs() -> list:
+    """This visitor's runs that have a model, newest first, then the shipped demo model (read-only)."""
     from lib import runs
 
-    infos = runs.list_runs(runs_dir or settings.runs_dir())
+    infos = runs.list_runs(runs_dir())
     done = [i for i in infos if i.state == "finished" and i.has_model and not i.damaged]
-    return sorted(done, key=lambda i: i.created or i.run_id, reverse=True)
+    done.sort(key=lambda i: i.created or i.run_id, reverse=True)
+    demo = settings.demo_run_dir()
+    if demo is not None:
+        info = runs.read_run_info(demo)
+        if info.has_model and not info.damaged:
+            info.name = "Demo: bean leaves"
+            done.append(info)
+    return done
 
 
 def run_label(info) -> str:
@@ -195,7 +248,9 @@ def predictor(run_dir: str | Path):
 
 def best_run_index(infos: list) -> int:
     """The newest of the best runs (highest validation accuracy; newest wins ties)."""
-    if not infos:
+    demo = settings.demo_run_dir()
+    own = [n for n, i in enumerate(infos) if demo is None or i.path != demo]
+    if not own:
         return 0
     scored = [
         (i.val_accuracy if i.val_accuracy is not None else -1.0, i.created or i.run_id, n)

@@ -98,23 +98,33 @@ def reconcile(runs_dir: Path) -> list[Path]:
     return changed
 
 
+def _jobs_dir() -> Path:
+    """Slot locks and queue tickets are machine-wide (shared by every visitor's workspace)."""
+    path = settings.cache_dir() / "jobs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _ticket_pid(ticket: Path) -> int:
+    try:
+        return int(ticket.name.split("-")[2])
+    except (IndexError, ValueError):
+        return 0
+
+
 def queue_position(run_dir: Path) -> int:
-    """1 for the next job to start; 0 when the run is not queued."""
-    run_dir = Path(run_dir)
-    queued = [
-        info.path
-        for info in runs.list_runs(run_dir.parent)
-        if runs.read_status(info.path).get("state") == "queued"
-    ]
-    queued.sort(key=lambda p: (p / "config.json").stat().st_mtime if (p / "config.json").exists() else 0)
-    return queued.index(run_dir) + 1 if run_dir in queued else 0
+    """1 for the next job to start; 0 when the run is not waiting in the queue."""
+    status = runs.read_status(Path(run_dir))
+    if status.get("state") != "queued":
+        return 0
+    waiting = sorted(t for t in _jobs_dir().glob("ticket-*") if runs.process_alive({"pid": _ticket_pid(t)}))
+    mine = [i for i, t in enumerate(waiting, 1) if _ticket_pid(t) == status.get("pid")]
+    return mine[0] if mine else int(status.get("position") or len(waiting) + 1)
 
 
-def _take_slot(runs_dir: Path, slots: int):
-    lock_dir = runs_dir / ".slots"
-    lock_dir.mkdir(parents=True, exist_ok=True)
+def _take_slot(slots: int):
     for i in range(slots):
-        fh = open(lock_dir / f"slot-{i}.lock", "w")  # noqa: SIM115 - held for the process lifetime
+        fh = open(_jobs_dir() / f"slot-{i}.lock", "w")  # noqa: SIM115 - held for the process lifetime
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return fh
@@ -139,14 +149,22 @@ def work(run_dir: Path, slots: int) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     cancel_flag = run_dir / CANCEL_FLAG
     try:
-        slot = None
-        while slot is None:
-            if cancel_flag.exists():
-                raise _Cancelled()
-            slot = _take_slot(run_dir.parent, slots)
-            if slot is None:
-                runs.write_status(run_dir, "queued", pid=os.getpid(), position=queue_position(run_dir))
-                time.sleep(1.0)
+        # ticket-<ns>-<pid>: the file names order the queue (first come, first served)
+        ticket = _jobs_dir() / f"ticket-{time.time_ns():020d}-{os.getpid()}"
+        ticket.touch()
+        try:
+            slot = None
+            while slot is None:
+                if cancel_flag.exists():
+                    raise _Cancelled()
+                waiting = sorted(_jobs_dir().glob("ticket-*"))
+                ahead = [t for t in waiting if t < ticket and runs.process_alive({"pid": _ticket_pid(t)})]
+                slot = _take_slot(slots) if len(ahead) < slots else None
+                if slot is None:
+                    runs.write_status(run_dir, "queued", pid=os.getpid(), position=len(ahead) + 1)
+                    time.sleep(1.0)
+        finally:
+            ticket.unlink(missing_ok=True)
         runs.write_status(run_dir, "running", pid=os.getpid(), progress={"phase": "starting"})
         config = training.TrainConfig.from_json((run_dir / "config.json").read_text())
 

@@ -64,3 +64,73 @@ def bundled_weights() -> Path:
 def max_concurrent_jobs() -> int:
     """Training jobs that may run at once; the rest wait in a queue with a visible position."""
     return _int("STUDIO_MAX_JOBS", 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hosted-demo caps and workspaces (each has a generous local default and a tighter hosted one)
+# ----------------------------------------------------------------------------------------------
+
+
+def _float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, "").strip() or default)
+    except ValueError:
+        return default
+
+
+def max_epochs() -> int:
+    """Most epochs (head plus fine-tuning) one training run may ask for."""
+    return _int("STUDIO_MAX_EPOCHS", 30 if hosted() else 500)
+
+
+def max_image_size() -> int:
+    """Largest training image size in pixels (memory and time grow with its square)."""
+    return _int("STUDIO_MAX_IMAGE_SIZE", 224 if hosted() else 512)
+
+
+def max_train_images() -> int:
+    """Most images (all splits) a training run may use, so one visitor can't hold the machine for long."""
+    return _int("STUDIO_MAX_TRAIN_IMAGES", 2000 if hosted() else 1_000_000)
+
+
+def max_zip_files() -> int:
+    """Most files an uploaded zip may hold (more is refused as a possible zip bomb)."""
+    return _int("STUDIO_MAX_ZIP_FILES", 5000 if hosted() else 100_000)
+
+
+def max_zip_mb() -> int:
+    """Most megabytes an uploaded zip may unpack to (counted while unpacking, not trusted from the header)."""
+    return _int("STUDIO_MAX_ZIP_MB", 500 if hosted() else 5000)
+
+
+def workspace_ttl_hours() -> float:
+    """Hours a hosted visitor's workspace (uploads, runs) is kept after its last visit."""
+    return max(0.01, _float("STUDIO_WORKSPACE_TTL_HOURS", 24.0))
+
+
+def allow_model_uploads() -> bool:
+    """Whether visitors may upload model or weights files (off by default when hosted)."""
+    return _flag("STUDIO_ALLOW_MODEL_UPLOADS", not hosted())
+
+
+def max_model_mb() -> int:
+    """Largest model (.keras) or weights (.h5) file accepted for loading from outside."""
+    return _int("STUDIO_MAX_MODEL_MB", 200)
+
+
+def demo_dir() -> Path:
+    """The folder holding the shipped demo run (rebuilt by scripts/make_demo_model.py)."""
+    return Path(os.environ.get("STUDIO_DEMO_DIR") or ROOT / "demo")
+
+
+def demo_run_dir() -> Path | None:
+    """The demo run folder (demo/<run-id>/ with a model.keras), or None when there is none."""
+    try:
+        found = [
+            p
+            for p in demo_dir().iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / "model.keras").is_file()
+        ]
+    except OSError:
+        return None
+    return max(found, key=lambda p: p.name) if found else None

@@ -9,6 +9,7 @@ from lib.errors import UserError
 from lib.text import md_escape, plural, readable_label
 
 st.set_page_config(page_title="Dataset · Image classifier studio", page_icon="🗂️", layout="wide")
+cache.sidebar()
 st.title("1 · Dataset")
 
 SOURCES = ["Bundled sample (bean leaves)", "Upload a zip"]

@@ -9,9 +9,10 @@ from lib.errors import UserError
 from lib.text import md_escape, plural
 
 st.set_page_config(page_title="Train · Image classifier studio", page_icon="🏋️", layout="wide")
+cache.sidebar()
 st.title("2 · Train")
 
-RUNS_DIR = settings.runs_dir()
+RUNS_DIR = cache.runs_dir()
 jobs.reconcile(RUNS_DIR)
 
 WEIGHTS = {
@@ -126,6 +127,12 @@ st.markdown(
     f"Dataset **{md_escape(root.name)}**: {plural(len(scan.classes), 'class', 'classes')}, "
     f"{counts.get('train', 0):,} training and {counts.get('validation', 0):,} validation images."
 )
+if len(usable) > settings.max_train_images():
+    st.error(
+        f"This dataset has {len(usable):,} images; training here is limited to {settings.max_train_images():,}. "
+        "Use a smaller dataset (or run the app on your own computer)."
+    )
+    st.stop()
 if len(scan.classes) < 2:
     st.error(
         "Training needs at least two classes (two sub-folders with images). Add another class on the Dataset page."
@@ -156,12 +163,12 @@ weights_choice = c2.selectbox(
 )
 weights = weights_choice
 if weights_choice == "file":
-    if settings.allow_server_folders():
+    if settings.allow_model_uploads() and settings.allow_server_folders():
         weights = c2.text_input("Path to a .h5 / .weights.h5 file", key="t_weights_path")
     else:
         c2.warning("Weights files can't be used on this shared demo.")
         weights = "none"
-sizes = list(spec.sizes)
+sizes = [s for s in spec.sizes if s <= settings.max_image_size()] or [min(spec.sizes)]
 size = c3.selectbox(
     "Image size (px)",
     sizes,
@@ -178,8 +185,8 @@ c1, c2, c3, c4 = st.columns(4)
 epochs = c1.number_input(
     "Epochs",
     1,
-    500,
-    40,
+    settings.max_epochs(),
+    min(40, settings.max_epochs()),
     key="t_epochs",
     help="Passes over the training images (early stopping may end sooner).",
 )

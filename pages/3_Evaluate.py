@@ -8,6 +8,7 @@ from lib.errors import UserError
 from lib.text import md_escape, plural, readable_label
 
 st.set_page_config(page_title="Evaluate · Image classifier studio", page_icon="🔍", layout="wide")
+cache.sidebar()
 st.title("3 · Evaluate")
 
 finished = cache.finished_runs()

@@ -7,6 +7,7 @@ from lib.errors import UserError
 from lib.text import md_escape, plural
 
 st.set_page_config(page_title="Predict · Image classifier studio", page_icon="📷", layout="wide")
+cache.sidebar()
 st.title("4 · Predict")
 
 finished = cache.finished_runs()
