@@ -13,6 +13,7 @@ PAGES = ["pages/1_Dataset.py", "pages/2_Train.py", "pages/3_Evaluate.py", "pages
 def _isolated_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_RUNS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("STUDIO_DEMO_DIR", str(tmp_path / "no-demo"))  # tests opt in to the demo model
 
 
 def _run(script: str, dataset: Path | None = None, timeout: float = 120) -> AppTest:
