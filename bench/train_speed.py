@@ -1,0 +1,250 @@
+"""Training speed and accuracy: the classic notebook recipe against `python -m lib train`.
+
+    python bench/train_speed.py DATA_DIR WEIGHTS [--seeds 3]
+
+WEIGHTS is "bundled", "imagenet" or a weights file for MobileNetV2 at 160 px. In one invocation,
+for each seed: the classic recipe (MobileNetV2 160, frozen, augmentation layers in the model so
+the base runs every epoch, GAP + Dense, Adam 1e-4, batch 32, 10 epochs) as a fresh process; then
+the CLI with default settings as a fresh process with a cold feature cache; then the CLI again
+with the cache warm. All on the same splits (lib.datasets.scan) and weights. Prints test-split
+accuracy (mean over seeds), whole-process wall times (start-up included), the speed ratios and
+peak memory summed over the processes involved. Not a test: it takes minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TARGETS = {"cold": 6.0, "warm": 10.0, "memory_gb": 3.0, "accuracy_points": 1.0}
+
+
+# ----------------------------------------------------------------------------------------------
+# The classic recipe (runs in its own process: `--recipe SPLITS.json WEIGHTS --seed N`)
+# ----------------------------------------------------------------------------------------------
+
+
+def recipe(splits_file: str, weights: str, seed: int, epochs: int = 10) -> dict:
+    """The Keras transfer-learning tutorial recipe, multi-class, on the given splits."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    started = time.perf_counter()
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    splits = json.loads(Path(splits_file).read_text())
+    classes = splits["classes"]
+    size, batch = 160, 32
+
+    def dataset(split: str, shuffle: bool):
+        paths = [p for p, _ in splits[split]]
+        labels = [label for _, label in splits[split]]
+
+        def load(path, label):  # what image_dataset_from_directory does: decode, bilinear resize
+            image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            image = tf.image.resize(image, (size, size))
+            return image, label
+
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+        if shuffle:
+            ds = ds.shuffle(len(paths), seed=seed)
+        return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(tf.data.AUTOTUNE)
+
+    if weights == "bundled":
+        from lib import settings
+
+        weights = str(settings.bundled_weights())
+    if weights not in ("imagenet",) and not Path(weights).is_file():
+        raise SystemExit(f"recipe: no weights file {weights}")
+    base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights=weights)
+    base.trainable = False
+    augmentation = keras.Sequential([keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(0.2)])
+    inputs = keras.Input((size, size, 3))
+    x = augmentation(inputs)
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1)(x)  # mobilenet_v2.preprocess_input
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    outputs = keras.layers.Dense(len(classes), activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
+    fit_start = time.perf_counter()
+    history = model.fit(dataset("train", True), validation_data=dataset("validation", False), epochs=epochs, verbose=0)
+    fit_seconds = time.perf_counter() - fit_start
+    _, test_accuracy = model.evaluate(dataset("test", False), verbose=0)
+    return {
+        "test_accuracy": float(test_accuracy),
+        "val_accuracy": float(history.history["val_accuracy"][-1]),
+        "final_loss": float(history.history["loss"][-1]),
+        "fit_seconds": round(fit_seconds, 2),
+        "seconds_in_process": round(time.perf_counter() - started, 2),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring processes
+# ----------------------------------------------------------------------------------------------
+
+
+def run_measured(cmd: list[str], env: dict) -> tuple[float, float, str, str]:
+    """Run a command; returns (wall seconds, peak RSS in GB summed over this process and its
+    children at each sample, stdout, stderr)."""
+    import psutil
+
+    me = psutil.Process()
+    peak = 0.0
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    done = threading.Event()
+    out: dict[str, str] = {}
+
+    def drain() -> None:
+        out["stdout"], out["stderr"] = proc.communicate()
+        done.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    while not done.wait(0.05):
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        peak = max(peak, total / 1e9)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{out.get('stderr', '')[-3000:]}")
+    return seconds, peak, out["stdout"], out["stderr"]
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", nargs="?", help="dataset folder")
+    parser.add_argument("weights", nargs="?", help="bundled, imagenet or a MobileNetV2-160 weights file")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--recipe", metavar="SPLITS_JSON", help=argparse.SUPPRESS)
+    parser.add_argument("--recipe-weights", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.recipe:
+        print(json.dumps(recipe(args.recipe, args.recipe_weights, args.seed)))
+        return 0
+    if not args.data or not args.weights:
+        parser.error("DATA_DIR and WEIGHTS are required")
+
+    work = Path(tempfile.mkdtemp(prefix="train_speed-"))
+    env = {**os.environ, "STUDIO_CACHE_DIR": str(work / "cache"), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    os.environ["STUDIO_CACHE_DIR"] = env["STUDIO_CACHE_DIR"]
+    weights = args.weights if args.weights in ("bundled", "imagenet", "none") else str(Path(args.weights).resolve())
+
+    # The scan is the Dataset page's job and is cached; warm it so every timed run reads the same splits.
+    from lib import training
+
+    t = time.perf_counter()
+    scan = training.load_scan(args.data)
+    scan_seconds = time.perf_counter() - t
+    usable = scan.usable
+    index = {c: i for i, c in enumerate(scan.classes)}
+    splits = {"classes": scan.classes}
+    for split in ("train", "validation", "test"):
+        rows = usable[usable["split"] == split]
+        splits[split] = [[str(p), index[c]] for p, c in zip(rows["path"], rows["class"], strict=True)]
+    splits_file = work / "splits.json"
+    splits_file.write_text(json.dumps(splits))
+    counts = {s: len(splits[s]) for s in ("train", "validation", "test")}
+    cpu = os.cpu_count()
+    print(f"data: {args.data} {counts}; weights: {args.weights}; {cpu} CPUs; scan {scan_seconds:.1f} s (cached for all runs)")
+
+    results: dict[str, list[dict]] = {"recipe": [], "cold": [], "warm": []}
+    cli = [sys.executable, "-m", "lib", "train", "--data", str(args.data), "--weights", weights, "--quiet"]
+    for seed in range(1, args.seeds + 1):
+        s, peak, out, _ = run_measured(
+            [
+                sys.executable, str(Path(__file__).resolve()),
+                "--recipe", str(splits_file), "--recipe-weights", weights, "--seed", str(seed),
+            ],
+            env,
+        )
+        r = last_json(out)
+        results["recipe"].append({"seconds": s, "peak_gb": peak, **r})
+        print(
+            f"seed {seed} recipe: test acc {r['test_accuracy']:.4f} (val {r['val_accuracy']:.4f}, final loss "
+            f"{r['final_loss']:.3f}), {s:.1f} s (fit {r['fit_seconds']:.1f} s), peak {peak:.2f} GB",
+            flush=True,
+        )
+
+        shutil.rmtree(work / "cache" / "features", ignore_errors=True)
+        for kind in ("cold", "warm"):
+            runs_dir = work / f"runs-{kind}"
+            s, peak, out, _ = run_measured([*cli, "--seed", str(seed), "--runs-dir", str(runs_dir)], env)
+            r = last_json(out)
+            results[kind].append({"seconds": s, "peak_gb": peak, **r})
+            print(
+                f"seed {seed} CLI {kind}: test acc {r['test_accuracy']:.4f}, {s:.1f} s "
+                f"(features {r['feature_seconds']:.1f} s, cache {r['feature_cache']}, {r['epochs_run']} epochs), peak {peak:.2f} GB",
+                flush=True,
+            )
+
+    def mean(kind: str, key: str) -> float:
+        return statistics.mean(float(r[key]) for r in results[kind])
+
+    recipe_s, cold_s, warm_s = mean("recipe", "seconds"), mean("cold", "seconds"), mean("warm", "seconds")
+    summary = {
+        "images": counts,
+        "seeds": args.seeds,
+        "cpus": cpu,
+        "recipe_test_accuracy": round(mean("recipe", "test_accuracy"), 4),
+        "cli_test_accuracy": round(mean("cold", "test_accuracy"), 4),
+        "cli_warm_test_accuracy": round(mean("warm", "test_accuracy"), 4),
+        "recipe_seconds": round(recipe_s, 1),
+        "cold_seconds": round(cold_s, 1),
+        "warm_seconds": round(warm_s, 1),
+        "cold_speedup": round(recipe_s / cold_s, 2),
+        "warm_speedup": round(recipe_s / warm_s, 2),
+        "peak_memory_gb": round(max(r["peak_gb"] for kind in results for r in results[kind]), 2),
+        "peak_memory_gb_by_kind": {kind: round(max(r["peak_gb"] for r in results[kind]), 2) for kind in results},
+    }
+    diff_points = 100 * (summary["cli_test_accuracy"] - summary["recipe_test_accuracy"])
+    checks = {
+        f"cold >= {TARGETS['cold']}x": summary["cold_speedup"] >= TARGETS["cold"],
+        f"warm >= {TARGETS['warm']}x": summary["warm_speedup"] >= TARGETS["warm"],
+        f"accuracy within {TARGETS['accuracy_points']} point or better": diff_points >= -TARGETS["accuracy_points"],
+        f"peak memory < {TARGETS['memory_gb']} GB": summary["peak_memory_gb"] < TARGETS["memory_gb"],
+    }
+    print()
+    print(f"test accuracy (mean of {args.seeds} seeds): recipe {summary['recipe_test_accuracy']:.4f}, "
+          f"CLI {summary['cli_test_accuracy']:.4f} ({diff_points:+.1f} points)")
+    print(f"time per run: recipe {recipe_s:.1f} s, CLI cold {cold_s:.1f} s ({summary['cold_speedup']:.1f}x), "
+          f"CLI warm {warm_s:.1f} s ({summary['warm_speedup']:.1f}x)")
+    print(f"peak memory (summed over processes): {summary['peak_memory_gb']:.2f} GB")
+    for name, ok in checks.items():
+        print(f"  [{'ok' if ok else 'MISSED'}] {name}")
+    summary["checks"] = checks
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
