@@ -148,7 +148,7 @@ def predictions(run_dir: str, data_dir: str | None, split: str):
         root = Path(data_dir) if data_dir else Path(split) if Path(split).is_dir() else None
         if root is None:
             cfg = runs.read_config(run_dir)
-            root = Path(cfg.get("data_dir", ""))
+            root = Path(runs.resolve_data_dir(cfg.get("data_dir")) or "")
         data_key = datasets.scan_key(root) if root.is_dir() else ""
     except Exception:  # the lib call below gives the user the precise message
         data_key = ""

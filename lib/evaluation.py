@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lib import runs
 from lib.errors import ImageError, UserError
 
 SPLITS = ("train", "validation", "test", "all")
@@ -494,7 +495,7 @@ def output_dir(run_dir: str | Path) -> Path:
 
 
 def _writable_dir_no_create(path: Path) -> bool:
-    return path.is_dir() and _writable_dir(path)
+    return path.is_dir() and not runs.is_shipped(path) and _writable_dir(path)
 
 
 def _read_cached(stem_paths: Iterable[Path]) -> tuple[pd.DataFrame, Path] | None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from lib import runs
 from lib.errors import UserError
 
 EXPORT_VERSION = 1  # bump when the files inside an export change, so cached exports are rebuilt
@@ -179,7 +180,7 @@ def export_dir(run_dir: str | Path) -> Path:
 
     run_dir = Path(run_dir).expanduser()
     inside = run_dir / "exports"
-    if os.access(run_dir, os.W_OK) and _writable(inside):
+    if not runs.is_shipped(run_dir) and os.access(run_dir, os.W_OK) and _writable(inside):
         return inside
     key = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
     outside = settings.cache_dir() / "exports" / key
@@ -514,7 +515,7 @@ def _open_run(run_dir: Path, predictor: Any = None) -> _Run:
         config=config,
         classes=classes,
         size=size,
-        data_dir=str(data_dir) if data_dir else None,
+        data_dir=runs.resolve_data_dir(data_dir),
         predictor=predictor,
     )
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lib import settings
 from lib.errors import UserError
 
 STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
@@ -199,7 +200,12 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {"state": "unknown", "reason": "The run has no status file.", "progress": {}, "pid": None}
     except (OSError, ValueError) as exc:
-        return {"state": "unknown", "reason": f"The status file cannot be read ({exc}).", "progress": {}, "pid": None}
+        return {
+            "state": "unknown",
+            "reason": f"The status file cannot be read ({exc}).",
+            "progress": {},
+            "pid": None,
+        }
     status.setdefault("progress", {})
     status.setdefault("reason", "")
     status.setdefault("pid", None)
@@ -339,7 +345,12 @@ def _safe_run_info(run_dir: Path) -> RunInfo:
     try:
         return read_run_info(run_dir)
     except Exception as exc:  # noqa: BLE001 - e.g. a folder we may not read: list it as damaged
-        return RunInfo(run_id=run_dir.name, path=run_dir, name=run_dir.name, damaged=f"the folder cannot be read ({exc}).")
+        return RunInfo(
+            run_id=run_dir.name,
+            path=run_dir,
+            name=run_dir.name,
+            damaged=f"the folder cannot be read ({exc}).",
+        )
 
 
 def list_runs(runs_dir: str | Path) -> list[RunInfo]:
@@ -413,11 +424,9 @@ def write_history(run_dir: str | Path, rows: list[dict[str, Any]]) -> None:
 
 
 def load_model(run_dir: str | Path) -> Any:
-    """The run's Keras model (safe mode: no Lambda layers, only Keras and lib.layers classes)."""
-    import keras
-
-    import lib.layers  # noqa: F401 - registers the studio's custom layers
-    from lib.models import has_lambda_layers
+    """The run's Keras model, checked first (lib.safety: only Keras and lib.layers classes, no Lambda),
+    so a run copied or uploaded from elsewhere can't run code when it is opened."""
+    from lib import safety
 
     path = Path(run_dir) / FILES["model"]
     if not path.is_file():
@@ -425,13 +434,9 @@ def load_model(run_dir: str | Path) -> Any:
         detail = f" (its state is {state})" if state and state not in ("finished", "unknown") else ""
         raise UserError(f"The run in {Path(run_dir)} has no saved model{detail}.")
     try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # noqa: BLE001 - a broken or foreign file, whatever the library says
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"The model of run {Path(run_dir).name} cannot be loaded ({first}).") from exc
-    if has_lambda_layers(model):
-        raise UserError(f"The model of run {Path(run_dir).name} contains Lambda layers, which are refused.")
-    return model
+        return safety.safe_load_model(path)
+    except UserError as exc:
+        raise UserError(f"The model of run {Path(run_dir).name} cannot be used: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,10 +472,35 @@ def delete_run(run_dir: str | Path) -> None:
     if not run_dir.is_dir():
         raise UserError(f"The run folder {run_dir} does not exist.")
     if not any((run_dir / FILES[k]).exists() for k in ("config", "status")):
-        raise UserError(f"{run_dir} does not look like a run folder (no config.json or status.json); not deleted.")
+        raise UserError(
+            f"{run_dir} does not look like a run folder (no config.json or status.json); not deleted."
+        )
     status = read_status(run_dir)
     if status.get("state") in ACTIVE_STATES and process_alive(status):
         raise UserError("This run is still training: cancel it before deleting it.")
     trash = run_dir.parent / f".deleting-{run_dir.name}-{uuid.uuid4().hex[:8]}"
     os.rename(run_dir, trash)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shipped runs
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_data_dir(value: str | Path | None) -> str | None:
+    """A run's recorded dataset folder as an absolute path; a relative one (the shipped demo records
+    "data/sample" so it works from any clone) is relative to the repository root."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else settings.ROOT / path)
+
+
+def is_shipped(run_dir: str | Path) -> bool:
+    """Runs shipped with the app (the demo) are read-only: caches and reports go elsewhere."""
+    try:
+        Path(run_dir).resolve().relative_to(settings.demo_dir().resolve())
+    except ValueError:
+        return False
+    return True

@@ -47,7 +47,9 @@ def valid_token(token: object) -> bool:
 
 def _check(token: object) -> str:
     if not valid_token(token):
-        raise UserError("This workspace link is not valid: open the app's address without '?ws=…' to get a new one.")
+        raise UserError(
+            "This workspace link is not valid: open the app's address without '?ws=…' to get a new one."
+        )
     return str(token)
 
 

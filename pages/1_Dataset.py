@@ -36,7 +36,10 @@ with st.container(border=True):
             if upload is not None and st.button("Open this zip", type="primary"):
                 with st.spinner("Unpacking…"):
                     root = datasets.extract_zip(
-                        upload.getvalue(), cache.upload_dir(upload.name, upload.getvalue())
+                        upload.getvalue(),
+                        cache.upload_dir(upload.name, upload.getvalue()),
+                        max_files=settings.max_zip_files(),
+                        max_bytes=settings.max_zip_mb() * 1024 * 1024,
                     )
                 cache.set_dataset(root)
         elif source.startswith("Folder"):

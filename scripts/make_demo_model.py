@@ -1,0 +1,205 @@
+"""Rebuild the shipped demo model: a small run on the bundled bean-leaf sample, plus its model card.
+
+Trains MobileNetV2 (160 px) with the bundled offline backbone (no download) and a fixed seed into
+demo/<run-id>/, evaluates it on the sample's test split and writes demo/MODEL_CARD.md. Paths in the
+run folder are relative to the repository, so the folder works on any machine. Older demo runs are
+replaced only after the new one has trained and loaded safely.
+
+    python scripts/make_demo_model.py            # about a minute on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DATA_REL = "data/sample"
+NAME = "Demo: bean leaves (MobileNetV2)"
+# Files the app makes on demand (caches, job bookkeeping) that don't belong in the shipped folder.
+STRAY = ("predictions", "exports", "worker.log", "cancel.request")
+
+
+def _relative_paths(run_dir: Path) -> None:
+    """Store the dataset as data/sample (relative to the repository) in config.json and log.txt."""
+    from lib import runs
+
+    config = runs.read_config(run_dir)
+    config["data_dir"] = DATA_REL
+    config["name"] = NAME
+    if isinstance(config.get("dataset"), dict):
+        config["dataset"]["root"] = DATA_REL
+    runs.write_json_atomic(run_dir / "config.json", config)
+    log = run_dir / "log.txt"
+    if log.is_file():
+        runs.write_atomic(log, log.read_text(encoding="utf-8").replace(str(ROOT) + os.sep, ""))
+    leftover = [p.name for p in run_dir.iterdir() if p.is_file() and str(ROOT) in _text(p)]
+    if leftover:
+        raise SystemExit(f"absolute paths left in {leftover}")
+
+
+def _text(path: Path) -> str:
+    if path.suffix not in (".json", ".txt", ".csv", ".md"):
+        return ""
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def _clean(run_dir: Path) -> None:
+    for name in STRAY:
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    for hidden in run_dir.glob(".*"):
+        if hidden.is_file():
+            hidden.unlink()
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def model_card(run_dir: Path, metrics: dict, evaluation: dict, config: dict) -> str:
+    from lib.text import readable_label
+
+    classes = evaluation["classes"]
+    counts = metrics.get("counts", {})
+    per_class = evaluation["per_class"]
+    rows = "\n".join(
+        f"| {readable_label(c)} (`{c}`) | {_pct(per_class[c]['recall'])} | {_pct(per_class[c]['precision'])} "
+        f"| {per_class[c]['support']} |"
+        for c in classes
+    )
+    missed = evaluation.get("most_missed") or []
+    missed_line = (
+        ("Most frequent mistakes" if len(missed) > 1 else "Most frequent mistake")
+        + " on the test photos: "
+        + ", ".join(
+            f"{readable_label(m['actual'])} taken for {readable_label(m['predicted'])} ({m['count']})"
+            for m in missed[:2]
+        )
+        + "."
+        if missed
+        else f"It made no mistakes on the {evaluation['n_images']} test photos: expect some in real use."
+    )
+    return f"""# Model card: demo bean-leaf classifier
+
+The read-only model every visitor of a hosted demo can try on the **4 · Predict** page.
+Rebuilt by `python scripts/make_demo_model.py` (run folder `demo/{run_dir.name}/`).
+
+## What it knows
+
+Three kinds of bean (*Phaseolus vulgaris*) leaf, from a photo:
+
+- **{readable_label(classes[0])}** (`{classes[0]}`)
+- **{readable_label(classes[1])}** (`{classes[1]}`)
+- **{readable_label(classes[2])}** (`{classes[2]}`)
+
+## How it was made
+
+- Base: {config["base"]} pretrained on ImageNet (the bundled offline backbone,
+  `weights/mobilenet_v2_1.0_160_no_top.weights.h5`), frozen; a small softmax head trained on top.
+- Input: any photo, resized inside the model to {config["image_size"]}×{config["image_size"]} pixels.
+- Data: the bundled sample `data/sample/` ({counts.get("train", "?")} training,
+  {counts.get("validation", "?")} validation, {counts.get("test", "?")} test photos), seed {config["seed"]},
+  {metrics.get("epochs_run", "?")} epochs (early stopping on validation loss), {metrics.get("train_seconds", 0):.0f} s on 2 CPU cores.
+
+## How well it does
+
+On the sample's **test** split ({evaluation["n_images"]} photos it never saw during training):
+**accuracy {_pct(evaluation["accuracy"])}** (always guessing one class would score
+{_pct(evaluation["majority_baseline"]["accuracy"])}). Validation accuracy {_pct(metrics["val_accuracy"])}.
+
+| class | recall (found) | precision (right when it says so) | test photos |
+| --- | --- | --- | --- |
+{rows}
+
+{missed_line} With about {evaluation["n_images"] // len(classes)} test photos per class, each photo moves recall by
+{100 * len(classes) / max(evaluation["n_images"], 1):.0f} points or so: treat these numbers as rough.
+
+## Data source and license
+
+The sample is a downsized subset of the **iBean** dataset: field photos taken in Uganda by the
+Makerere AI Lab, labelled by experts of the National Crops Resources Research Institute (NaCRRI),
+<https://github.com/AI-Lab-Makerere/ibean/>, MIT License (see `data/sample/LICENSE` and
+`data/sample/PROVENANCE.txt`). The MobileNetV2 weights come from Keras Applications (see
+`weights/PROVENANCE.txt` and `THIRD_PARTY_NOTICES.md`).
+
+## Limits
+
+- It only knows bean leaves. It will name one of its three classes for **any** photo (a cat, a
+  maize leaf, a blank wall): it has no "none of these" answer. The app says "Not sure" when its
+  confidence is low, but a confident answer on an unrelated photo is still possible.
+- It learnt from {sum(int(v) for v in counts.values()) if counts else "about 225"} photos of leaves in the field in Uganda, one season and camera
+  style; other light, backgrounds, varieties or diseases (including the other bean diseases) are
+  outside what it has seen.
+- Photos are shrunk to {config["image_size"]} px: small spots can vanish.
+- It is a teaching demo, **not a diagnostic tool**: don't decide treatment or sales on its answer;
+  ask an agronomist.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "demo"), help="demo folder (default: demo/)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--epochs", type=int, default=40)
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cache = tempfile.mkdtemp(prefix="demo-cache-")
+    os.environ["STUDIO_CACHE_DIR"] = cache  # a fresh feature cache: the rebuild doesn't depend on old files
+
+    from lib import evaluation, runs, safety, settings, training
+
+    try:
+        previous = (
+            [p for p in out.iterdir() if p.is_dir() and (p / "config.json").exists()] if out.is_dir() else []
+        )
+        config = training.TrainConfig(
+            data_dir=str(settings.sample_dir()), weights="bundled", seed=args.seed, epochs=args.epochs
+        )
+        run_dir = runs.create_run(out, config)
+        print(f"Training into {run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir} …")
+        runs.write_status(run_dir, "running", pid=os.getpid(), progress={"phase": "starting"})
+        try:
+            metrics = training.train(config, run_dir)
+        except BaseException as exc:
+            runs.write_status(run_dir, "failed", reason=str(exc)[:300])
+            raise
+        runs.write_status(run_dir, "finished")
+        _relative_paths(run_dir)
+        safety.safe_load_model(run_dir / "model.keras")  # the shipped file passes the upload checks
+
+        result = evaluation.evaluate(run_dir, settings.sample_dir(), "test")
+        ev = result.metrics
+        card = model_card(run_dir, metrics, ev, runs.read_config(run_dir))
+        runs.write_atomic(out / "MODEL_CARD.md", card)
+        runs.write_atomic(run_dir / "notes.md", "The shipped demo model: see demo/MODEL_CARD.md.\n")
+        summary = {
+            "run": run_dir.name,
+            "val_accuracy": metrics["val_accuracy"],
+            "test_accuracy": ev["accuracy"],
+            "recall": {c: round(v["recall"], 4) for c, v in ev["per_class"].items()},
+            "built": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        _clean(run_dir)
+        for old in previous:
+            shutil.rmtree(old)
+        print(json.dumps(summary, indent=2))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
