@@ -33,7 +33,11 @@ with st.container(border=True):
                 "`test/` folders each holding class folders."
             )
             upload = st.file_uploader("Zip file", type=["zip"], key="dataset_zip")
-            if upload is not None and st.button("Open this zip", type="primary"):
+            if upload is not None and upload.size > settings.max_upload_mb() * 1024 * 1024:
+                st.error(
+                    f"This zip is {upload.size / 1e6:.0f} MB; the limit here is {settings.max_upload_mb()} MB."
+                )
+            elif upload is not None and st.button("Open this zip", type="primary"):
                 with st.spinner("Unpacking…"):
                     root = datasets.extract_zip(
                         upload.getvalue(),
