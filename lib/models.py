@@ -152,14 +152,12 @@ def get_base(name: str) -> BaseSpec:
 def check_size(spec: BaseSpec, size: int) -> int:
     """Refuse image sizes the base can't take, in plain words."""
     if not isinstance(size, int) or size < spec.min_size or size > MAX_SIZE:
-        raise UserError(
-            f"{spec.name} takes images from {spec.min_size} to {MAX_SIZE} pixels, not {size}."
-        )
+        raise UserError(f"{spec.name} takes images from {spec.min_size} to {MAX_SIZE} pixels, not {size}.")
     return size
 
 
 def normalize_weights(spec: BaseSpec, weights: str | os.PathLike | None) -> str:
-    """"imagenet" | "bundled" | "none" | a file path; the from-scratch CNN has only "none" or a file."""
+    """ "imagenet" | "bundled" | "none" | a file path; the from-scratch CNN has only "none" or a file."""
     value = "none" if weights is None else str(weights).strip()
     low = value.lower()
     if low in ("imagenet", "bundled", "none"):
@@ -215,7 +213,9 @@ def _small_cnn(size: int) -> Any:
     x = inputs
     for i, filters in enumerate((32, 64, 128, 256)):
         last = i == 3
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name="last_conv" if last else f"conv{i + 1}")(x)
+        x = layers.Conv2D(
+            filters, 3, padding="same", use_bias=False, name="last_conv" if last else f"conv{i + 1}"
+        )(x)
         x = layers.BatchNormalization(name=f"bn{i + 1}")(x)
         x = layers.ReLU(name=f"relu{i + 1}")(x)
         if not last:
@@ -291,7 +291,9 @@ def _load_weights(model: Any, path: Path, spec: BaseSpec, size: int) -> None:
                 warnings.simplefilter("always")
                 model.load_weights(str(path))
             # Keras 3 only warns when some layers found nothing to load: that file is for another network.
-            skipped = [w for w in caught if "could not be loaded" in str(w.message) or "Skipping" in str(w.message)]
+            skipped = [
+                w for w in caught if "could not be loaded" in str(w.message) or "Skipping" in str(w.message)
+            ]
             if skipped:
                 problem = str(skipped[0].message).splitlines()[0].split(". Example")[0]
         except Exception as exc:  # noqa: BLE001 - h5py/ValueError/KeyError all mean "doesn't fit"

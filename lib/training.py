@@ -4,7 +4,8 @@ With a frozen base the expensive part (the base network) is run once per image, 
 cached on disk (numpy memmaps keyed by dataset content, base, weights, size and augmentation), and
 only the small head is trained on them, so a second run with another head or learning rate starts
 training within seconds. The saved model still holds resize + preprocessing + base + head.
-Fine-tuning and from-scratch training take the plain path (the whole network runs every epoch).
+Fine-tuning (after the head has trained on cached features), from-scratch training and
+feature_cache=False take the plain path: the whole network runs on decoded images every epoch.
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ class TrainConfig:
 
     @property
     def head(self) -> models.HeadSpec:
-        return models.HeadSpec(pooling=self.pooling, hidden=int(self.hidden_units), dropout=float(self.dropout))
+        return models.HeadSpec(
+            pooling=self.pooling, hidden=int(self.hidden_units), dropout=float(self.dropout)
+        )
 
     @property
     def frozen(self) -> bool:
@@ -148,7 +151,9 @@ class TrainConfig:
             models.check_size(spec, int(self.image_size))
         if self.cut_layer and self.cut_layer not in spec.cut_layers:
             choices = ", ".join(spec.cut_layers) or "none"
-            raise UserError(f"{spec.name} can't be cut at {self.cut_layer!r} (possible cut layers: {choices}).")
+            raise UserError(
+                f"{spec.name} can't be cut at {self.cut_layer!r} (possible cut layers: {choices})."
+            )
         rules = [
             (self.pooling in ("avg", "flatten"), f"Pooling must be avg or flatten, not {self.pooling!r}."),
             (0 <= self.hidden_units <= 8192, "Hidden units must be between 0 (none) and 8192."),
@@ -171,18 +176,25 @@ class TrainConfig:
             (0 < self.fine_tune_lr <= 1, "The fine-tuning learning rate must be above 0 and at most 1."),
             (0 <= self.seed < 2**31, "The seed must be a whole number from 0 to 2147483647."),
             (
-                0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1,
+                0 <= self.val_fraction < 1
+                and 0 <= self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1,
                 "The validation and test fractions must leave some images for training.",
             ),
         ]
         for ok, message in rules:
             if not ok:
                 raise UserError(message)
-        if self.weights == "bundled" and (spec.name != models.BUNDLED_BASE or (self.image_size or spec.default_size) != models.BUNDLED_SIZE):
+        if self.weights == "bundled" and (
+            spec.name != models.BUNDLED_BASE or (self.image_size or spec.default_size) != models.BUNDLED_SIZE
+        ):
             raise UserError(
                 f"The bundled offline weights are for {models.BUNDLED_BASE} at {models.BUNDLED_SIZE} px only."
             )
-        if self.weights not in ("imagenet", "bundled", "none") and not Path(self.weights).expanduser().is_file():
+        if (
+            self.weights not in ("imagenet", "bundled", "none")
+            and not Path(self.weights).expanduser().is_file()
+        ):
             raise UserError(f"The weights file {self.weights} does not exist.")
 
 
@@ -284,7 +296,9 @@ def augmenter(config: TrainConfig, seed: int | None = None) -> Any | None:
         parts.append(layers.RandomZoom((-config.zoom, config.zoom), fill_mode="reflect", seed=seed + 2))
     if config.translation > 0:
         parts.append(
-            layers.RandomTranslation(config.translation, config.translation, fill_mode="reflect", seed=seed + 3)
+            layers.RandomTranslation(
+                config.translation, config.translation, fill_mode="reflect", seed=seed + 3
+            )
         )
     if config.contrast > 0:
         parts.append(layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed + 4))
@@ -399,7 +413,9 @@ class _Reporter:
                 reporter.epoch_end(phase, logs, now - self.epoch_start)
                 per_epoch = (now - self.start) / self.done
                 eta = per_epoch * (epochs - self.done) + extra_seconds
-                reporter.report(phase=phase, epoch=self.done, epochs=epochs, logs=logs, eta_seconds=round(eta, 1))
+                reporter.report(
+                    phase=phase, epoch=self.done, epochs=epochs, logs=logs, eta_seconds=round(eta, 1)
+                )
                 if target and logs.get("val_accuracy", 0.0) >= target:
                     self.reason = f"reached the target validation accuracy {target:.2%}"
                     self.model.stop_training = True
@@ -447,7 +463,10 @@ def _best_restorer() -> Any:
 def _feature_key(config: TrainConfig, data: _Data) -> str:
     """Same key = same features: dataset content and splits, base, weights, size, cut, pooling, augmentation."""
     aug = (
-        {k: getattr(config, k) for k in ("flip", "rotation", "zoom", "contrast", "translation", "augmented_views")}
+        {
+            k: getattr(config, k)
+            for k in ("flip", "rotation", "zoom", "contrast", "translation", "augmented_views")
+        }
         if config.augment and config.augmented_views > 0
         else None
     )
@@ -511,6 +530,25 @@ def cached_features_ready(config: TrainConfig, scan: Any) -> bool:
     return (_features_dir() / key / "meta.json").is_file()
 
 
+def feature_cache_bytes() -> int:
+    """Disk space the feature cache takes (for a "clear cache" button)."""
+    total = 0
+    for path in _features_dir().rglob("*"):
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size if path.is_file() else 0
+    return total
+
+
+def clear_feature_cache() -> int:
+    """Delete every cached feature entry (they are rebuilt when needed); returns the bytes freed."""
+    freed = feature_cache_bytes()
+    root = _features_dir()
+    with contextlib.suppress(OSError):
+        for entry in root.iterdir():
+            shutil.rmtree(entry, ignore_errors=True)
+    return freed
+
+
 def _open_features(directory: Path) -> _Features | None:
     try:
         meta = json.loads((directory / "meta.json").read_text())
@@ -538,12 +576,16 @@ class _BatchLoader:
     batch of a group is padded. Memory stays within `memory_mb` whatever the dataset size.
     """
 
-    def __init__(self, groups: list[np.ndarray], paths: list[str], size: int, batch: int, memory_mb: int = 256):
+    def __init__(
+        self, groups: list[np.ndarray], paths: list[str], size: int, batch: int, memory_mb: int = 256
+    ):
         import queue
         import threading
 
         self.size, self.batch = size, batch
-        self.jobs = [(group_items[i : i + batch]) for group_items in groups for i in range(0, len(group_items), batch)]
+        self.jobs = [
+            (group_items[i : i + batch]) for group_items in groups for i in range(0, len(group_items), batch)
+        ]
         self.paths = paths
         # Decoding runs far ahead while TensorFlow starts, then stops competing with the model for
         # the cores; the budget bounds memory (256 MB: ~3,000 images at 160 px).
@@ -687,7 +729,12 @@ def _extract_features(
                     done += count
             elapsed = time.perf_counter() - start
             rep.report(
-                phase="features", done=done, total=total_rows, epoch=0, epochs=config.epochs, logs={},
+                phase="features",
+                done=done,
+                total=total_rows,
+                epoch=0,
+                epochs=config.epochs,
+                logs={},
                 eta_seconds=round(elapsed / done * (total_rows - done), 1),
             )
         array.flush()
@@ -745,7 +792,9 @@ def _one_hot(labels: np.ndarray, n: int) -> np.ndarray:
 CHUNK_BYTES = 128 * 2**20  # feature rows gathered from the memmap at a time (bounds memory on huge sets)
 
 
-def _train_head(config: TrainConfig, data: _Data, features: _Features, rep: _Reporter) -> tuple[Any, dict[str, Any]]:
+def _train_head(
+    config: TrainConfig, data: _Data, features: _Features, rep: _Reporter
+) -> tuple[Any, dict[str, Any]]:
     """Fit the head on cached features with a small in-graph loop; returns (head model, info).
 
     Keras fit() spends ~3 ms of overhead per step, far more than a Dense layer on 1,280 numbers
@@ -781,7 +830,11 @@ def _train_head(config: TrainConfig, data: _Data, features: _Features, rep: _Rep
         total_loss = tf.constant(0.0)
         correct = tf.constant(0.0)
         for i in tf.range(steps):
-            xb, yb, wb = x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch], w[i * batch : (i + 1) * batch]
+            xb, yb, wb = (
+                x[i * batch : (i + 1) * batch],
+                y[i * batch : (i + 1) * batch],
+                w[i * batch : (i + 1) * batch],
+            )
             with tf.GradientTape() as tape:
                 probs = head(xb, training=True)
                 losses = loss_fn(yb, probs) * wb
@@ -797,7 +850,9 @@ def _train_head(config: TrainConfig, data: _Data, features: _Features, rep: _Rep
         return head(x, training=False)
 
     def validate() -> tuple[float, float]:
-        probs = np.concatenate([predict(features.take(val[i : i + chunk])).numpy() for i in range(0, len(val), chunk)])
+        probs = np.concatenate(
+            [predict(features.take(val[i : i + chunk])).numpy() for i in range(0, len(val), chunk)]
+        )
         scores = _scores(probs, data.labels[val], config.label_smoothing)
         return scores["loss"], scores["accuracy"]
 
@@ -836,8 +891,13 @@ def _train_head(config: TrainConfig, data: _Data, features: _Features, rep: _Rep
         else:
             waited += 1
         per_epoch = (time.perf_counter() - start) / epoch
-        rep.report(phase="head", epoch=epoch, epochs=config.epochs, logs=logs,
-                   eta_seconds=round(per_epoch * (config.epochs - epoch) + 2.0, 1))
+        rep.report(
+            phase="head",
+            epoch=epoch,
+            epochs=config.epochs,
+            logs=logs,
+            eta_seconds=round(per_epoch * (config.epochs - epoch) + 2.0, 1),
+        )
         if config.target_val_accuracy and val_acc >= config.target_val_accuracy:
             stopped = f"reached the target validation accuracy {config.target_val_accuracy:.2%}"
             break
@@ -859,7 +919,9 @@ def _stop_reason(early: Any, epochs: int, done: int) -> str:
     return ""
 
 
-def _image_dataset(data: _Data, split: str, config: TrainConfig, *, shuffle: bool, weights: np.ndarray | None) -> Any:
+def _image_dataset(
+    data: _Data, split: str, config: TrainConfig, *, shuffle: bool, weights: np.ndarray | None
+) -> Any:
     """tf.data of (pixels 0-255, one-hot[, sample weight]) decoded in parallel from the image files."""
     import tensorflow as tf
 
@@ -905,7 +967,10 @@ def _fit_images(
     n_classes = len(data.classes)
     weights = _class_weights(data.labels[data.index("train")], n_classes) if config.class_weights else None
     progress = rep.callback(phase, epochs, config.target_val_accuracy, extra_seconds=5.0)
-    callbacks = [progress, _early_stopping(config.early_stopping) if config.early_stopping else _best_restorer()]
+    callbacks = [
+        progress,
+        _early_stopping(config.early_stopping) if config.early_stopping else _best_restorer(),
+    ]
     try:
         trainer.fit(
             _image_dataset(data, "train", config, shuffle=True, weights=weights),
@@ -954,13 +1019,18 @@ def _scores(probs: np.ndarray, labels: np.ndarray, smoothing: float) -> dict[str
     return {"loss": float(loss), "accuracy": float(np.mean(np.argmax(probs, axis=1) == labels))}
 
 
-def _evaluate_features(head: Any, features: _Features, data: _Data, split: str, smoothing: float) -> dict[str, float] | None:
+def _evaluate_features(
+    head: Any, features: _Features, data: _Data, split: str, smoothing: float
+) -> dict[str, float] | None:
     items = data.index(split)
     if len(items) == 0:
         return None
     step = max(1, CHUNK_BYTES // (4 * int(np.prod(features.array.shape[1:]))))
     probs = np.concatenate(
-        [np.asarray(head(features.take(items[i : i + step]), training=False)) for i in range(0, len(items), step)]
+        [
+            np.asarray(head(features.take(items[i : i + step]), training=False))
+            for i in range(0, len(items), step)
+        ]
     )
     return _scores(probs, data.labels[items], smoothing)
 
@@ -1025,7 +1095,11 @@ def _write_run_config(run_dir: Path, config: TrainConfig, data: _Data) -> None:
             "fingerprint": data.fingerprint,
             "counts": data.counts(),
         },
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": sys.version.split()[0]},
+        "versions": {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "python": sys.version.split()[0],
+        },
     }
     record.setdefault("name", run_dir.name)
     runs.write_json_atomic(path, record)
@@ -1057,10 +1131,18 @@ def train(
     config = config.resolved()
     rep = _Reporter(run_dir, on_progress, should_stop)
     rep.report(phase="scan", epoch=0, epochs=config.epochs, logs={}, eta_seconds=None)
-    rep.log(f"Training {config.base} ({config.weights} weights, {config.image_size} px) on {config.data_dir}.")
-    data = _data_from_scan(load_scan(config.data_dir, config.val_fraction, config.test_fraction))
+    rep.log(
+        f"Training {config.base} ({config.weights} weights, {config.image_size} px) on {config.data_dir}."
+    )
+    if not config.data_dir:
+        raise UserError("No dataset chosen: pick a dataset folder first.")
+    # A relative folder (the shipped demo records "data/sample") is relative to the repository.
+    data_root = runs.resolve_data_dir(config.data_dir) or config.data_dir
+    data = _data_from_scan(load_scan(data_root, config.val_fraction, config.test_fraction))
     counts = data.counts()
-    rep.log(f"{len(data.classes)} classes; {counts['train']} train, {counts['validation']} validation, {counts['test']} test images.")
+    rep.log(
+        f"{len(data.classes)} classes; {counts['train']} train, {counts['validation']} validation, {counts['test']} test images."
+    )
 
     # The head trains on cached features whenever the base is frozen (fine-tuning, if asked for,
     # follows on the images); from-scratch training and feature_cache=False take the plain path.
@@ -1071,7 +1153,9 @@ def train(
         if features is not None:
             rep.log(f"Features found in the cache ({features.path.name}).")
         else:  # start decoding now: it overlaps importing TensorFlow and building the base
-            loader = _BatchLoader(_feature_plan(config, data)[1], data.paths, config.image_size, FEATURE_BATCH)
+            loader = _BatchLoader(
+                _feature_plan(config, data)[1], data.paths, config.image_size, FEATURE_BATCH
+            )
 
     try:
         import keras
@@ -1108,18 +1192,31 @@ def train(
         with strategy.scope():
             model = models.build_classifier(spec, config.image_size, base, n_classes, config.head)
         models.copy_head_weights(head, model)
-        rep.report(phase="saving", epoch=len(rep.history), epochs=config.epochs, logs={}, eta_seconds=2.0)
-        metrics["assembly_max_difference"] = round(_check_assembly(model, head, features, data, config.image_size), 6)
+        metrics["assembly_max_difference"] = round(
+            _check_assembly(model, head, features, data, config.image_size), 6
+        )
         val = _evaluate_features(head, features, data, "validation", config.label_smoothing)
         test = _evaluate_features(head, features, data, "test", config.label_smoothing)
     else:
         phase = "head" if config.frozen else "train"
         with strategy.scope():
             model = models.build_classifier(
-                spec, config.image_size, base, n_classes, config.head, base_training=False if config.frozen else None
+                spec,
+                config.image_size,
+                base,
+                n_classes,
+                config.head,
+                base_training=False if config.frozen else None,
             )
         info = _fit_images(
-            model, config, data, rep, phase=phase, epochs=config.epochs, optimizer=config.optimizer, lr=config.lr
+            model,
+            config,
+            data,
+            rep,
+            phase=phase,
+            epochs=config.epochs,
+            optimizer=config.optimizer,
+            lr=config.lr,
         )
         if rep.cancelled:
             return _cancelled(rep, started)
@@ -1133,7 +1230,9 @@ def train(
         before = _evaluate_images(model, config, data, "validation")
         saved = model.get_weights()
         trainable = _set_fine_tune_trainable(base, config.fine_tune_layers)
-        rep.log(f"Fine-tuning the top {config.fine_tune_layers} layers of {config.base} ({trainable} with weights).")
+        rep.log(
+            f"Fine-tuning the top {config.fine_tune_layers} layers of {config.base} ({trainable} with weights)."
+        )
         ft = _fit_images(
             model,
             config,
@@ -1154,7 +1253,9 @@ def train(
             )
             val = before
         else:
-            metrics["fine_tuning"] = f"fine-tuned: val acc {before['accuracy']:.4f} -> {after['accuracy']:.4f}"
+            metrics["fine_tuning"] = (
+                f"fine-tuned: val acc {before['accuracy']:.4f} -> {after['accuracy']:.4f}"
+            )
             val = after
         if ft.get("stopped"):
             metrics["fine_tune_stopped"] = ft["stopped"]
@@ -1191,7 +1292,11 @@ def train(
 
 def _cancelled(rep: _Reporter, started: float) -> dict[str, Any]:
     rep.log("Cancelled by the user.")
-    return {"cancelled": True, "epochs_run": len(rep.history), "train_seconds": round(time.perf_counter() - started, 2)}
+    return {
+        "cancelled": True,
+        "epochs_run": len(rep.history),
+        "train_seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1262,7 +1367,11 @@ def _format_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "--:--"
     seconds = max(0, int(round(seconds)))
-    return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return (
+        f"{seconds // 60}:{seconds % 60:02d}"
+        if seconds < 3600
+        else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    )
 
 
 class _ProgressBar:
@@ -1405,5 +1514,7 @@ __all__ = [
     "estimate_seconds",
     "images_per_second",
     "cached_features_ready",
+    "feature_cache_bytes",
+    "clear_feature_cache",
     "load_scan",
 ]

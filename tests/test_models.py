@@ -90,7 +90,9 @@ def test_a_weights_file_for_another_architecture_is_a_user_error(tmp_path):
 def test_a_weights_file_of_the_same_architecture_loads_at_another_size():
     base = models.build_base("MobileNetV2", 96, str(settings.bundled_weights()))
     reference = models.build_base("MobileNetV2", 160, "bundled")
-    np.testing.assert_allclose(base.get_layer("Conv1").kernel.numpy(), reference.get_layer("Conv1").kernel.numpy())
+    np.testing.assert_allclose(
+        base.get_layer("Conv1").kernel.numpy(), reference.get_layer("Conv1").kernel.numpy()
+    )
 
 
 def test_imagenet_download_failure_says_so_in_plain_words(monkeypatch, tmp_path):

@@ -131,8 +131,24 @@ def test_rename_note_and_delete(tmp_path):
 
 def test_history_round_trip(tmp_path):
     rows = [
-        {"epoch": 1, "phase": "head", "loss": 1.0, "accuracy": 0.5, "val_loss": 0.9, "val_accuracy": 0.6, "seconds": 0.1},
-        {"epoch": 2, "phase": "fine-tune", "loss": 0.5, "accuracy": 0.8, "val_loss": None, "val_accuracy": 0.7, "seconds": 0.2},
+        {
+            "epoch": 1,
+            "phase": "head",
+            "loss": 1.0,
+            "accuracy": 0.5,
+            "val_loss": 0.9,
+            "val_accuracy": 0.6,
+            "seconds": 0.1,
+        },
+        {
+            "epoch": 2,
+            "phase": "fine-tune",
+            "loss": 0.5,
+            "accuracy": 0.8,
+            "val_loss": None,
+            "val_accuracy": 0.7,
+            "seconds": 0.2,
+        },
     ]
     runs.write_history(tmp_path, rows)
     df = runs.read_history(tmp_path)

@@ -116,7 +116,9 @@ def test_a_second_run_with_another_head_hits_the_feature_cache(first_run, tiny_d
     assert metrics["epochs_run"] == 8
     assert metrics["val_accuracy"] >= 0.9
     assert training.cached_features_ready(config, training.load_scan(tiny_dataset))
-    assert not training.cached_features_ready(_config(tiny_dataset, augment=True), training.load_scan(tiny_dataset))
+    assert not training.cached_features_ready(
+        _config(tiny_dataset, augment=True), training.load_scan(tiny_dataset)
+    )
 
 
 def _structure(model) -> list[tuple]:
@@ -136,7 +138,9 @@ def test_cached_and_plain_paths_save_the_same_model_structure(first_run, tiny_da
     run_dir, _, _ = first_run
     recorder = Recorder()
     plain = training.train(
-        _config(tiny_dataset, feature_cache=False, epochs=1, augment=True), tmp_path / "plain", on_progress=recorder
+        _config(tiny_dataset, feature_cache=False, epochs=1, augment=True),
+        tmp_path / "plain",
+        on_progress=recorder,
     )
     assert plain["feature_cache"] == "off" and plain["epochs_run"] == 1
     assert "features" not in recorder.phases()
@@ -149,14 +153,23 @@ def test_cached_and_plain_paths_save_the_same_model_structure(first_run, tiny_da
 
 
 def test_augmented_views_are_cached_and_train(tiny_dataset, tmp_path, cache_dir):
-    metrics = training.train(_config(tiny_dataset, augment=True, augmented_views=2, epochs=3), tmp_path / "aug")
+    metrics = training.train(
+        _config(tiny_dataset, augment=True, augmented_views=2, epochs=3), tmp_path / "aug"
+    )
     assert metrics["feature_cache"] == "computed"
     n_train = metrics["counts"]["train"]
     metas = [json.loads(p.read_text()) for p in (cache_dir / "features").glob("*/meta.json")]
     aug = [m for m in metas if m["views"] == 2]
     assert len(aug) == 1 and aug[0]["n_items"] == 90
-    array = np.load(next(p.parent for p in (cache_dir / "features").glob("*/meta.json")
-                         if json.loads(p.read_text())["views"] == 2) / "features.npy", mmap_mode="r")
+    array = np.load(
+        next(
+            p.parent
+            for p in (cache_dir / "features").glob("*/meta.json")
+            if json.loads(p.read_text())["views"] == 2
+        )
+        / "features.npy",
+        mmap_mode="r",
+    )
     assert array.shape == (90 + 2 * n_train, 1280)
     assert not [p for p in (cache_dir / "features").iterdir() if p.name.startswith(".tmp-")]
 
@@ -167,8 +180,13 @@ def test_fine_tuning_runs_and_keeps_the_better_weights(tiny_dataset, tmp_path):
     recorder = Recorder()
     # The bundled file as a local weights file works at any size; 96 px keeps this quick.
     config = _config(
-        tiny_dataset, weights=str(settings.bundled_weights()), image_size=96,
-        epochs=5, fine_tune_layers=10, fine_tune_epochs=1, fine_tune_lr=1e-5,
+        tiny_dataset,
+        weights=str(settings.bundled_weights()),
+        image_size=96,
+        epochs=5,
+        fine_tune_layers=10,
+        fine_tune_epochs=1,
+        fine_tune_lr=1e-5,
     )
     metrics = training.train(config, tmp_path / "ft", on_progress=recorder)
     assert "fine-tune" in recorder.phases()
@@ -211,7 +229,9 @@ def test_cancel_stops_without_saving_a_model(first_run, tiny_dataset, tmp_path, 
         return should_stop
 
     # During head training (features cached by the first run) ...
-    metrics = training.train(_config(tiny_dataset, epochs=50, early_stopping=0), tmp_path / "c1", should_stop=stopper(3))
+    metrics = training.train(
+        _config(tiny_dataset, epochs=50, early_stopping=0), tmp_path / "c1", should_stop=stopper(3)
+    )
     assert metrics["cancelled"] is True and metrics["epochs_run"] < 50
     assert not (tmp_path / "c1" / "model.keras").exists()
     # ... and during the feature pass: no half-written cache entry is left behind.
@@ -251,13 +271,26 @@ def test_config_json_round_trip_ignores_run_extras():
         TrainConfig.from_json("[1, 2]")
 
 
+def test_the_feature_cache_can_be_measured_and_cleared(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path))
+    entry = tmp_path / "features" / "abc"
+    entry.mkdir(parents=True)
+    (entry / "features.npy").write_bytes(b"x" * 1000)
+    assert training.feature_cache_bytes() == 1000
+    assert training.clear_feature_cache() == 1000
+    assert training.feature_cache_bytes() == 0 and (tmp_path / "features").is_dir()
+
+
 def test_estimates_are_positive_and_cache_aware():
     config = TrainConfig(data_dir="/d", weights="bundled")
     counts = {"train": 700, "validation": 150, "test": 150}
     cold = training.estimate_seconds(config, counts)
     warm = training.estimate_seconds(config, counts, cached=True)
     assert 0 < warm < cold
-    assert training.estimate_seconds(TrainConfig(data_dir="/d", weights="bundled", fine_tune_epochs=3), counts) > cold
+    assert (
+        training.estimate_seconds(TrainConfig(data_dir="/d", weights="bundled", fine_tune_epochs=3), counts)
+        > cold
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,16 +301,34 @@ def test_estimates_are_positive_and_cache_aware():
 def _cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "STUDIO_CACHE_DIR": str(cache), "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run(
-        [sys.executable, "-m", "lib", "train", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "lib", "train", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
 def test_cli_trains_and_prints_json_last(tiny_dataset, tmp_path, cache_dir):
-    result = _cli("--data", str(tiny_dataset), "--weights", "bundled", "--epochs", "3", "--seed", "1",
-                  "--runs-dir", str(tmp_path / "models"), cache=cache_dir)
+    result = _cli(
+        "--data",
+        str(tiny_dataset),
+        "--weights",
+        "bundled",
+        "--epochs",
+        "3",
+        "--seed",
+        "1",
+        "--runs-dir",
+        str(tmp_path / "models"),
+        cache=cache_dir,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert {"run_id", "run_dir", "val_accuracy", "test_accuracy", "epochs_run", "train_seconds"} <= set(summary)
+    assert {"run_id", "run_dir", "val_accuracy", "test_accuracy", "epochs_run", "train_seconds"} <= set(
+        summary
+    )
     assert summary["epochs_run"] == 3 and summary["run_dir"].startswith(str(tmp_path / "models"))
     assert runs.read_status(summary["run_dir"])["state"] == "finished"
     assert "epoch 3/3" in result.stderr  # the progress bar
@@ -307,9 +358,25 @@ def test_cli_bad_arguments_exit_2_with_one_line(tiny_dataset, tmp_path, cache_di
 def test_cli_failure_in_training_marks_the_run_failed(tiny_dataset, tmp_path, cache_dir):
     bad = tmp_path / "bad.weights.h5"
     bad.write_bytes(b"nope")
-    result = _cli("--data", str(tiny_dataset), "--weights", str(bad), "--runs-dir", str(tmp_path / "m"), cache=cache_dir)
+    result = _cli(
+        "--data", str(tiny_dataset), "--weights", str(bad), "--runs-dir", str(tmp_path / "m"), cache=cache_dir
+    )
     assert result.returncode == 2
     assert "does not fit MobileNetV2" in result.stderr.strip().splitlines()[-1]
     (run,) = list((tmp_path / "m").iterdir())
     status = runs.read_status(run)
     assert status["state"] == "failed" and "does not fit" in status["reason"]
+
+
+def test_an_image_that_breaks_after_the_scan_fails_with_its_name(tiny_dataset, tmp_path):
+    from lib.errors import ImageError
+
+    good = sorted(str(p) for p in (tiny_dataset / "red").iterdir())[:3]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    loader = training._BatchLoader([np.arange(4)], [*good, str(broken)], 32, 2)
+    with pytest.raises(ImageError, match="broken.png"):
+        list(loader)
+    batches = list(training._BatchLoader([np.arange(3)], good, 32, 2))
+    assert [len(items) for items, _ in batches] == [2, 1]
+    assert all(pixels.shape == (2, 32, 32, 3) for _, pixels in batches)  # fixed shape, last one padded
