@@ -34,9 +34,26 @@ def max_concurrent() -> int:
 def start(config, runs_dir: Path) -> Path:
     """Create a queued run for `config` and launch its worker process; returns the run folder."""
     run_dir = runs.create_run(Path(runs_dir), config)
+    _launch(run_dir)
+    return run_dir
+
+
+def resume(run_dir: Path) -> Path:
+    """Restart an interrupted (or failed/cancelled) run in its own folder from its last checkpoint."""
+    run_dir = Path(run_dir)
+    if runs.read_status(run_dir).get("state") in ACTIVE:
+        raise UserError("This run is still queued or running.")
+    (run_dir / CANCEL_FLAG).unlink(missing_ok=True)
+    runs.write_status(run_dir, "queued", reason="Resuming from the last checkpoint.")
+    _launch(run_dir, resume=True)
+    return run_dir
+
+
+def _launch(run_dir: Path, resume: bool = False) -> None:
+    args = [sys.executable, "-m", "lib.jobs", str(run_dir), "--slots", str(max_concurrent())]
     with open(run_dir / "worker.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lib.jobs", str(run_dir), "--slots", str(max_concurrent())],
+            args + (["--resume"] if resume else []),
             cwd=settings.ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -46,7 +63,6 @@ def start(config, runs_dir: Path) -> Path:
         )
     _children.append(proc)
     runs.write_status(run_dir, "queued", pid=proc.pid)
-    return run_dir
 
 
 def _reap() -> None:
@@ -92,7 +108,10 @@ def reconcile(runs_dir: Path) -> list[Path]:
             runs.write_status(
                 info.path,
                 "interrupted",
-                reason="The training process stopped unexpectedly (the server restarted or the process was killed).",
+                reason=(
+                    "The training process stopped unexpectedly (the server restarted or the process "
+                    "was killed). Its last checkpoint is kept: it can be resumed."
+                ),
             )
             changed.append(info.path)
     return changed
@@ -141,7 +160,7 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     raise _Cancelled()
 
 
-def work(run_dir: Path, slots: int) -> int:
+def work(run_dir: Path, slots: int, resume: bool = False) -> int:
     """The worker: wait for a slot, train, and leave a final status whatever happens."""
     from lib import training
 
@@ -169,7 +188,9 @@ def work(run_dir: Path, slots: int) -> int:
         config = training.TrainConfig.from_json((run_dir / "config.json").read_text())
 
         on_progress = runs.progress_writer(run_dir, pid=os.getpid())
-        training.train(config, run_dir, on_progress=on_progress, should_stop=cancel_flag.exists)
+        training.train(
+            config, run_dir, on_progress=on_progress, should_stop=cancel_flag.exists, resume=resume
+        )
         if cancel_flag.exists():
             raise _Cancelled()
         runs.write_status(run_dir, "finished", pid=None)
@@ -207,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lib.jobs")
     parser.add_argument("run_dir")
     parser.add_argument("--slots", type=int, default=1)
+    parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
-    return work(Path(args.run_dir), args.slots)
+    return work(Path(args.run_dir), args.slots, args.resume)
 
 
 if __name__ == "__main__":

@@ -792,8 +792,42 @@ def _one_hot(labels: np.ndarray, n: int) -> np.ndarray:
 CHUNK_BYTES = 128 * 2**20  # feature rows gathered from the memmap at a time (bounds memory on huge sets)
 
 
+CHECKPOINT = "checkpoint.npz"
+
+
+def _save_checkpoint(path: Path, head: Any, best_weights: list | None, state: dict[str, Any]) -> None:
+    """The head's weights (current and best so far) and loop state, written atomically each epoch."""
+    arrays = {f"w{i}": w for i, w in enumerate(head.get_weights())}
+    if best_weights is not None:
+        arrays.update({f"b{i}": w for i, w in enumerate(best_weights)})
+    arrays["state"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _load_checkpoint(path: Path, n_weights: int) -> tuple[list, list | None, dict[str, Any]] | None:
+    try:
+        with np.load(path) as data:
+            state = json.loads(bytes(data["state"]).decode())
+            current = [data[f"w{i}"] for i in range(n_weights)]
+            best = [data[f"b{i}"] for i in range(n_weights)] if "b0" in data else None
+    except (OSError, KeyError, ValueError):
+        return None  # a damaged checkpoint: start the head again
+    return current, best, state
+
+
 def _train_head(
-    config: TrainConfig, data: _Data, features: _Features, rep: _Reporter
+    config: TrainConfig,
+    data: _Data,
+    features: _Features,
+    rep: _Reporter,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Fit the head on cached features with a small in-graph loop; returns (head model, info).
 
@@ -858,10 +892,22 @@ def _train_head(
 
     rng = np.random.default_rng(config.seed)
     best_loss, best_weights, best_epoch, waited = math.inf, None, 0, 0
+    first_epoch = 1
+    if resume and checkpoint is not None and checkpoint.is_file():
+        loaded = _load_checkpoint(checkpoint, len(head.get_weights()))
+        if loaded is not None:
+            current, best_weights, state = loaded
+            head.set_weights(current)
+            first_epoch = int(state["epoch"]) + 1
+            best_loss = float(state["best_loss"]) if state["best_loss"] is not None else math.inf
+            best_epoch, waited = int(state["best_epoch"]), int(state["waited"])
+            rep.history = [row for row in state.get("history", [])]
+            rng = np.random.default_rng([config.seed, first_epoch])
+            rep.log(f"Resumed from the checkpoint of epoch {first_epoch - 1}.")
     stopped = ""
     start = time.perf_counter()
-    rep.report(phase="head", epoch=0, epochs=config.epochs, logs={}, eta_seconds=None)
-    for epoch in range(1, config.epochs + 1):
+    rep.report(phase="head", epoch=first_epoch - 1, epochs=config.epochs, logs={}, eta_seconds=None)
+    for epoch in range(first_epoch, config.epochs + 1):
         epoch_start = time.perf_counter()
         order = rng.permutation(train_items)
         view = rng.integers(0, features.views + 1, size=len(order)) if features.views else None
@@ -890,7 +936,20 @@ def _train_head(
             best_weights = head.get_weights()
         else:
             waited += 1
-        per_epoch = (time.perf_counter() - start) / epoch
+        if checkpoint is not None:
+            _save_checkpoint(
+                checkpoint,
+                head,
+                best_weights,
+                {
+                    "epoch": epoch,
+                    "best_loss": None if math.isinf(best_loss) else best_loss,
+                    "best_epoch": best_epoch,
+                    "waited": waited,
+                    "history": rep.history,
+                },
+            )
+        per_epoch = (time.perf_counter() - start) / (epoch - first_epoch + 1)
         rep.report(
             phase="head",
             epoch=epoch,
@@ -1116,13 +1175,15 @@ def train(
     run_dir: str | Path,
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train as configured, writing the run folder (config, classes, history, model, metrics, log).
 
     on_progress gets dicts {phase: "scan"|"features"|"head"|"train"|"fine-tune"|"saving", epoch,
     epochs, done, total (images, features phase), logs, eta_seconds}. When should_stop() turns true
     the run stops soon and this returns {"cancelled": True} without saving a model. Status.json is
-    the caller's (lib.jobs, the CLI). Bad data or settings raise UserError.
+    the caller's (lib.jobs, the CLI). Bad data or settings raise UserError. The head's state is
+    checkpointed every epoch; resume=True continues an interrupted run from its last checkpoint.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     started = time.perf_counter()
@@ -1185,7 +1246,7 @@ def train(
         metrics["feature_cache"] = "hit" if features.hit else "computed"
         keras.utils.set_random_seed(config.seed)
         head_start = time.perf_counter()
-        head, info = _train_head(config, data, features, rep)
+        head, info = _train_head(config, data, features, rep, run_dir / CHECKPOINT, resume)
         if rep.cancelled:
             return _cancelled(rep, started)
         metrics["head_seconds"] = round(time.perf_counter() - head_start, 2)
@@ -1282,6 +1343,8 @@ def train(
         counts=counts,
     )
     runs.write_json_atomic(run_dir / runs.FILES["metrics"], metrics)
+    with contextlib.suppress(OSError):
+        (run_dir / CHECKPOINT).unlink()  # the model is saved: the checkpoint has served
     rep.log(
         f"Finished: validation accuracy {val['accuracy']:.4f}"
         + (f", test accuracy {test['accuracy']:.4f}" if test else "")

@@ -97,6 +97,9 @@ def live_job() -> None:
             st.page_link("pages/3_Evaluate.py", label="See its mistakes on 3 · Evaluate", icon="🔍")
         elif state in ("failed", "cancelled", "interrupted"):
             st.error(f"{state.capitalize()}: {status.get('reason') or 'no reason recorded'}")
+            if state == "interrupted" and st.button("Resume", key=f"resume_{run_dir.name}"):
+                jobs.resume(run_dir)
+                st.rerun(scope="app")
             if state == "failed" and "bundled" in (status.get("reason") or "").lower():
                 if st.button("Train again with the bundled offline backbone", key=f"retry_{run_dir.name}"):
                     cfg = training.TrainConfig.from_dict(runs.read_config(run_dir))
@@ -320,6 +323,10 @@ with st.expander("Rename, describe or delete a run"):
             st.error(str(exc))
         else:
             st.success("Saved.")
+    if info.state in ("interrupted", "failed", "cancelled") and not info.has_model:
+        if m1.button("Resume this run", key="m_resume", help="Continue from its last checkpoint."):
+            st.session_state["active_run"] = str(jobs.resume(target_run))
+            st.rerun()
     confirm = m2.checkbox("Yes, delete this run and its model for good", key=f"m_confirm_{info.run_id}")
     if m2.button("Delete run", disabled=not confirm, key="m_delete"):
         if info.state in jobs.ACTIVE:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import jobs, runs, training
+from lib import jobs, runs, settings, training
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +81,39 @@ def test_restart_marks_orphaned_runs_interrupted(tiny_dataset, tmp_path):
     other = runs.create_run(runs_dir, _config(tiny_dataset))
     runs.write_status(other, "running", pid=os.getpid())
     assert jobs.reconcile(runs_dir) == []
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tiny_dataset, tmp_path):
+    runs_dir = tmp_path / "models"
+    config = training.TrainConfig(
+        data_dir=str(tiny_dataset),
+        base="MobileNetV2",
+        weights=str(settings.bundled_weights()),  # frozen base: the head trains on cached features
+        image_size=32,
+        epochs=12,
+        early_stopping=0,
+    )
+    run_dir = runs.create_run(runs_dir, config)
+    epochs_seen = []
+
+    def crash_after_five() -> bool:  # stands in for the server dying mid-training
+        return len(epochs_seen) >= 5
+
+    def on_progress(p):
+        if p.get("phase") == "head" and p.get("epoch"):
+            epochs_seen.append(p["epoch"])
+
+    result = training.train(config, run_dir, on_progress=on_progress, should_stop=crash_after_five)
+    assert result.get("cancelled") and not (run_dir / "model.keras").exists()
+    assert (run_dir / training.CHECKPOINT).is_file(), "the last good checkpoint is kept"
+    runs.write_status(run_dir, "running", pid=2**22 + 4321)
+    assert jobs.reconcile(runs_dir) == [run_dir]
+    assert "resumed" in runs.read_status(run_dir)["reason"]
+
+    jobs.resume(run_dir)
+    status = _wait(run_dir, {"finished", "failed"})
+    assert status["state"] == "finished", status
+    history = runs.read_history(run_dir)
+    assert list(history["epoch"]) == list(range(1, 13)), "epochs continue where the checkpoint left off"
+    assert "Resumed from the checkpoint of epoch 5" in (run_dir / "log.txt").read_text()
+    assert not (run_dir / training.CHECKPOINT).exists()
