@@ -257,3 +257,16 @@ def best_run_index(infos: list) -> int:
         for n, i in enumerate(infos)
     ]
     return max(scored)[2]
+
+
+def saved_upload(name: str, data: bytes) -> Path:
+    """Keep an uploaded file (a weights file) in this visitor's uploads, named by its content."""
+    from lib import runs
+
+    suffix = ".weights.h5" if name.lower().endswith(".weights.h5") else Path(name).suffix.lower()[:12]
+    folder = upload_dir(name, data)
+    target = folder.with_name(folder.name + (suffix or ".bin"))
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        runs.write_atomic(target, data)
+    return target

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from lib import cache, charts, jobs, models, runs, settings, training
+from lib import cache, charts, jobs, models, runs, safety, settings, training
 from lib.errors import UserError
 from lib.text import md_escape, plural
 
@@ -166,11 +166,20 @@ weights_choice = c2.selectbox(
 )
 weights = weights_choice
 if weights_choice == "file":
-    if settings.allow_model_uploads() and settings.allow_server_folders():
-        weights = c2.text_input("Path to a .h5 / .weights.h5 file", key="t_weights_path")
-    else:
+    if not settings.allow_model_uploads():
         c2.warning("Weights files can't be used on this shared demo.")
         weights = "none"
+    else:
+        upload = c2.file_uploader("A .h5 / .weights.h5 file for this base", type=["h5"], key="t_weights_file")
+        if settings.allow_server_folders():
+            weights = c2.text_input("…or its path on the server", key="t_weights_path")
+        if upload is not None:
+            try:
+                weights = str(cache.saved_upload(upload.name, upload.getvalue()))
+                safety.check_weights_file(weights)
+            except UserError as exc:
+                c2.error(str(exc))
+                weights = "none"
 sizes = [s for s in spec.sizes if s <= settings.max_image_size()] or [min(spec.sizes)]
 size = c3.selectbox(
     "Image size (px)",
