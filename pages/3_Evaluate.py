@@ -214,7 +214,10 @@ st.markdown(
     f"{summary.get('layers', 0)} layers · {summary.get('size_mb', 0):.1f} MB on disk"
 )
 with st.expander("Settings of this run"):
-    st.json(runs.read_config(run_dir))
+    shown = runs.read_config(run_dir)
+    if settings.hosted():  # no server paths on a public demo
+        shown = {k: v for k, v in shown.items() if k not in ("data_dir", "dataset")}
+    st.json(shown)
 
 # --- compare --------------------------------------------------------------------------------------
 others = [p for p in labels if p != run_dir]
