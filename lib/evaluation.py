@@ -476,18 +476,6 @@ def _fallback_dir(run: RunInfo) -> Path:
     return settings.cache_dir() / "predictions" / hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
-def _writable_dir(path: Path) -> bool:
-    """Whether files can be created in `path` (creating it if needed), tested by really writing."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(tmp)
-        return True
-    except OSError:
-        return False
-
-
 def output_dir(run_dir: str | Path) -> Path:
     """The run folder when writable, else its cache folder: where predictions and reports go."""
     run = read_run(run_dir)
@@ -495,7 +483,7 @@ def output_dir(run_dir: str | Path) -> Path:
 
 
 def _writable_dir_no_create(path: Path) -> bool:
-    return path.is_dir() and not runs.is_shipped(path) and _writable_dir(path)
+    return path.is_dir() and not runs.is_shipped(path) and runs.writable_dir(path)
 
 
 def _read_cached(stem_paths: Iterable[Path]) -> tuple[pd.DataFrame, Path] | None:

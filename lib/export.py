@@ -163,28 +163,17 @@ def _model_identity(run_dir: Path) -> dict[str, Any]:
     return {"mtime_ns": st.st_mtime_ns, "size": st.st_size, "version": EXPORT_VERSION}
 
 
-def _writable(path: Path) -> bool:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(tmp)
-        return True
-    except OSError:
-        return False
-
-
 def export_dir(run_dir: str | Path) -> Path:
     """<run>/exports/ when the run folder is writable, else a folder of the cache keyed by the run."""
     from lib import settings
 
     run_dir = Path(run_dir).expanduser()
     inside = run_dir / "exports"
-    if not runs.is_shipped(run_dir) and os.access(run_dir, os.W_OK) and _writable(inside):
+    if not runs.is_shipped(run_dir) and os.access(run_dir, os.W_OK) and runs.writable_dir(inside):
         return inside
     key = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
     outside = settings.cache_dir() / "exports" / key
-    if not _writable(outside):
+    if not runs.writable_dir(outside):
         raise ExportError(f"There is nowhere to write the export (the run and {outside} are read-only).")
     return outside
 

@@ -497,6 +497,18 @@ def resolve_data_dir(value: str | Path | None) -> str | None:
     return str(path if path.is_absolute() else settings.ROOT / path)
 
 
+def writable_dir(path: str | Path) -> bool:
+    """Whether files can be created in `path` (creating it if needed), tested by really writing."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+        return True
+    except OSError:
+        return False
+
+
 def is_shipped(run_dir: str | Path) -> bool:
     """Runs shipped with the app (the demo) are read-only: caches and reports go elsewhere."""
     try:
