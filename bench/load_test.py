@@ -255,7 +255,7 @@ async def check_page(page, v: Visitor, where: str) -> None:
 
 async def goto_page(page, v: Visitor, name: str) -> None:
     """Navigate with the sidebar (keeps the session), like a person would."""
-    await page.locator('[data-testid="stSidebarNav"] a', has_text=name).first.click()
+    await page.locator('[data-testid="stSidebar"] a', has_text=name).first.click()
     await page.wait_for_url(re.compile(rf"/{name}"), timeout=60_000)
     await wait_for_app(page)
 

@@ -35,8 +35,21 @@ def runs_dir() -> Path:
     return workspace.runs_dir_for(workspace_token())
 
 
+NAV = [
+    ("streamlit_app.py", "Home", "🏠"),
+    ("pages/1_Dataset.py", "1 · Dataset", "🗂️"),
+    ("pages/2_Train.py", "2 · Train", "🏋️"),
+    ("pages/3_Evaluate.py", "3 · Evaluate", "🔍"),
+    ("pages/4_Predict.py", "4 · Predict", "📷"),
+]
+
+
 def sidebar() -> None:
-    """Hosted mode: when the workspace expires, a download of its runs, and the privacy note."""
+    """The page links (Home and the four steps) and, when hosted, when the workspace expires, a
+    download of its runs, and the privacy note."""
+    with st.sidebar:
+        for page, label, icon in NAV:
+            st.page_link(page, label=label, icon=icon)
     token = workspace_token()
     if token is None:
         return
@@ -247,14 +260,15 @@ def predictor(run_dir: str | Path):
 
 
 def best_run_index(infos: list) -> int:
-    """The newest of the best runs (highest validation accuracy; newest wins ties)."""
+    """The visitor's newest best run (highest validation accuracy, newest wins ties); the demo
+    model only when there is nothing else."""
     demo = settings.demo_run_dir()
     own = [n for n, i in enumerate(infos) if demo is None or i.path != demo]
     if not own:
-        return 0
+        return 0  # only the demo
     scored = [
-        (i.val_accuracy if i.val_accuracy is not None else -1.0, i.created or i.run_id, n)
-        for n, i in enumerate(infos)
+        (infos[n].val_accuracy if infos[n].val_accuracy is not None else -1.0, infos[n].created or "", n)
+        for n in own
     ]
     return max(scored)[2]
 

@@ -38,8 +38,10 @@ def _text(at: AppTest) -> str:
 def test_home_page_links_the_four_steps_in_order():
     at = _run("streamlit_app.py")
     assert "Image classifier studio" in at.title[0].value
-    labels = [link.proto.label for link in at.get("page_link")]
+    labels = [link.proto.label for link in at.main.get("page_link")]
     assert labels == ["1 · Dataset", "2 · Train", "3 · Evaluate", "4 · Predict"]
+    nav = [link.proto.label for link in at.sidebar.get("page_link")]
+    assert nav == ["Home", "1 · Dataset", "2 · Train", "3 · Evaluate", "4 · Predict"]
 
 
 def test_home_page_and_cli_help_do_not_import_tensorflow():
@@ -158,3 +160,15 @@ def test_dataset_page_folder_source_with_a_bad_path_says_so(tmp_path):
     at.button[0].click().run()
     assert not at.exception
     assert at.error and "nowhere" in at.error[0].value
+
+
+def test_predict_page_preselects_your_best_run_over_the_demo(sample_run, tmp_path, monkeypatch):
+    from lib import settings
+
+    monkeypatch.setenv("STUDIO_DEMO_DIR", str(settings.ROOT / "demo"))
+    _with_run(sample_run, tmp_path)
+    at = _run("pages/4_Predict.py")
+    picker = at.selectbox(key="p_run")
+    assert any("Demo" in o for o in picker.options)
+    assert sample_run.name in str(picker.value)
+    assert "This model knows 3 kinds" in _text(at)

@@ -8,7 +8,7 @@ def test_train_on_the_sample_with_the_bundled_backbone(app_url, page):
     wait_for_app(page)
     page.get_by_role("button", name="Use the sample").click()
     page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
-    page.locator('[data-testid="stSidebarNav"] a', has_text="Train").click()
+    page.locator('[data-testid="stSidebar"] a', has_text="2 · Train").click()
     page.get_by_role("button", name="Start training").wait_for(timeout=120_000)
     wait_for_app(page)
     page.locator(".st-key-t_weights").click()
