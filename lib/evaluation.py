@@ -297,7 +297,7 @@ _model_cache: dict[tuple[str, int, int], Any] = {}
 
 
 def _load_model(run_dir: Path) -> Any:
-    """Load (and keep, keyed by file identity) the run's model; lib.runs.load_model when it exists."""
+    """Load (and keep, keyed by file identity) the run's model through lib.runs.load_model."""
     path = run_dir / "model.keras"
     st = path.stat()
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
@@ -305,20 +305,7 @@ def _load_model(run_dir: Path) -> Any:
         if key in _model_cache:
             return _model_cache[key]
         try:
-            try:
-                from lib.runs import load_model as runs_load_model
-            except ImportError:
-                runs_load_model = None
-            if runs_load_model is not None:
-                model = runs_load_model(run_dir)
-            else:
-                try:
-                    import lib.layers  # noqa: F401  (registers the project's custom layers)
-                except ImportError:
-                    pass
-                import keras
-
-                model = keras.models.load_model(path, compile=False)
+            model = runs.load_model(run_dir)
         except UserError:
             raise
         except Exception as exc:  # a broken or foreign model file: say so plainly

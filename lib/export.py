@@ -211,13 +211,9 @@ def cached_export(run_dir: str | Path, fmt: str) -> ExportResult | None:
 
 def fixed_size_model(model: Any, size: int) -> Any:
     """The part after the Resizing layer with a fixed (1, S, S, 3) float32 input named "image"."""
-    import keras
+    from lib import models
 
-    resizing = [layer for layer in model.layers if isinstance(layer, keras.layers.Resizing)]
-    inner = keras.Model(resizing[0].output, model.output) if resizing else model
-    inp = keras.Input(batch_shape=(1, size, size, 3), dtype="float32", name="image")
-    out = inner(inp, training=False)
-    return keras.Model(inp, out, name="classifier_fixed")
+    return models.fixed_size_model(model, size, batch_size=1, input_name="image")
 
 
 def _custom_layers(model: Any) -> list[str]:

@@ -381,22 +381,26 @@ def image_size(model: Any) -> int:
     return int(model.get_layer(RESIZE_LAYER).height)
 
 
-def split_model(model: Any) -> tuple[int, Any]:
-    """(S, fixed) where fixed takes S x S x 3 pixels 0-255 and skips the Resizing layer (for export).
+def fixed_size_model(
+    model: Any, size: int, *, batch_size: int | None = None, input_name: str = "pixels"
+) -> Any:
+    """The part of `model` after its Resizing layer, taking (batch_size, S, S, 3) pixels 0-255.
 
     Antialiased Resizing lowers to ScaleAndTranslate, which TFLite can't convert; the app feeds
     S x S images anyway (lib.images.decode(path, size=S)), where the resize is an identity.
     """
     import keras
 
+    resizing = [layer for layer in model.layers if isinstance(layer, keras.layers.Resizing)]
+    inner = keras.Model(resizing[0].output, model.output) if resizing else model
+    inputs = keras.Input(batch_shape=(batch_size, size, size, 3), dtype="float32", name=input_name)
+    return keras.Model(inputs, inner(inputs, training=False), name=model.name + "_fixed")
+
+
+def split_model(model: Any) -> tuple[int, Any]:
+    """(S, fixed): the model's input size and its fixed-size part (see fixed_size_model)."""
     size = image_size(model)
-    names = [layer.name for layer in model.layers]
-    start = names.index(RESIZE_LAYER) + 1
-    inputs = keras.Input((size, size, 3), dtype="float32", name="pixels")
-    x = inputs
-    for layer in model.layers[start:]:
-        x = layer(x, training=False) if layer.name == BASE_LAYER else layer(x)
-    return size, keras.Model(inputs, x, name=model.name + "_fixed")
+    return size, fixed_size_model(model, size)
 
 
 def gradcam_parts(model: Any) -> tuple[Any, Any]:

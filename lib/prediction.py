@@ -471,21 +471,11 @@ def _run_state(run_dir: Path) -> str | None:
 
 
 def _load_keras_model(run_dir: Path) -> Any:
-    """lib.runs.load_model when it exists (allow-list checks); else Keras with the project's layers."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        from lib.runs import load_model as runs_load_model
-    except ImportError:
-        runs_load_model = None
-    if runs_load_model is not None:
-        return runs_load_model(run_dir)
-    try:
-        import lib.layers  # noqa: F401  (registers the project's custom layers)
-    except ImportError:
-        pass
-    import keras
+    """The run's model through lib.runs.load_model (allow-list checked before Keras sees it)."""
+    from lib import runs
 
-    return keras.models.load_model(run_dir / "model.keras", compile=False)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return runs.load_model(run_dir)
 
 
 def _last_conv_layer(base: str) -> str | None:
