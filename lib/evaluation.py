@@ -242,54 +242,20 @@ class RunInfo:
 def read_run(run_dir: str | Path) -> RunInfo:
     """Read a run's config and check it has a model; UserError in plain words otherwise."""
     run_dir = Path(run_dir).expanduser()
-    if not run_dir.exists():
-        raise UserError(f"The run folder {run_dir} does not exist.")
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} is a file, not a run folder.")
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"{run_dir} is not a run folder: it has no config.json.")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        if not isinstance(config, dict):
-            raise ValueError("not an object")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"The run's config.json cannot be read ({exc}).") from exc
-    classes = config.get("classes")
-    if not classes:
-        classes_txt = run_dir / "classes.txt"
-        if classes_txt.is_file():
-            classes = [
-                ln.strip() for ln in classes_txt.read_text(encoding="utf-8").splitlines() if ln.strip()
-            ]
-    if not isinstance(classes, list) or len(classes) < 1:
-        raise UserError(f"The run in {run_dir} does not list its classes (config.json 'classes').")
-    try:
-        image_size = int(config.get("image_size"))
-        if not 8 <= image_size <= 2048:
-            raise ValueError(image_size)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"The run in {run_dir} has no valid image size (config.json 'image_size').") from exc
+    config, classes, image_size = runs.read_run_config(run_dir)
     info = RunInfo(
         run_dir=run_dir,
-        classes=[str(c) for c in classes],
+        classes=classes,
         image_size=image_size,
         data_dir=config.get("data_dir"),
         base=str(config.get("base", "")),
         config=config,
     )
     if not info.model_path.is_file():
-        state = _run_state(run_dir)
-        detail = f" (its state is {state})" if state and state != "finished" else ""
+        state = runs.read_status(run_dir).get("state")
+        detail = f" (its state is {state})" if state not in ("finished", "unknown") else ""
         raise UserError(f"The run in {run_dir} has no saved model (model.keras){detail}.")
     return info
-
-
-def _run_state(run_dir: Path) -> str | None:
-    try:
-        return str(json.loads((run_dir / "status.json").read_text(encoding="utf-8")).get("state"))
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 _model_lock = threading.Lock()

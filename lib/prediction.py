@@ -429,45 +429,11 @@ class Predictor:
         return np.asarray(out, dtype=np.float32)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"The run's {path.name} cannot be read ({exc}).") from exc
-    if not isinstance(data, dict):
-        raise UserError(f"The run's {path.name} is not a settings object.")
-    return data
-
-
 def read_run_config(run_dir: str | Path) -> tuple[dict[str, Any], list[str], int]:
-    """A run's config, classes (output order) and input size; UserError in plain words when broken."""
-    run_dir = Path(run_dir).expanduser()
-    if not run_dir.is_dir():
-        raise UserError(f"The run folder {run_dir} does not exist.")
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"{run_dir} is not a run folder: it has no config.json.")
-    config = _read_json(config_path)
-    classes = config.get("classes")
-    if not classes and (run_dir / "classes.txt").is_file():
-        text = (run_dir / "classes.txt").read_text(encoding="utf-8")
-        classes = [line.strip() for line in text.splitlines() if line.strip()]
-    if not isinstance(classes, list) or len(classes) < 1:
-        raise UserError(f"The run in {run_dir} does not list its classes.")
-    try:
-        size = int(config.get("image_size"))  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"The run in {run_dir} does not say its image size.") from exc
-    if not 8 <= size <= 2048:
-        raise UserError(f"The run in {run_dir} has an impossible image size ({size}).")
-    return config, [str(c) for c in classes], size
+    """A run's config, classes (output order) and input size (lib.runs.read_run_config)."""
+    from lib import runs
 
-
-def _run_state(run_dir: Path) -> str | None:
-    try:
-        return str(json.loads((run_dir / "status.json").read_text(encoding="utf-8")).get("state"))
-    except (OSError, ValueError, AttributeError):
-        return None
+    return runs.read_run_config(run_dir)
 
 
 def _load_keras_model(run_dir: Path) -> Any:
@@ -491,10 +457,6 @@ def load_predictor(run_dir: str | Path) -> Predictor:
     """Load a run for prediction; UserError (plain words) when the run is missing or broken."""
     run_dir = Path(run_dir).expanduser()
     config, classes, size = read_run_config(run_dir)
-    if not (run_dir / "model.keras").is_file():
-        state = _run_state(run_dir)
-        detail = f" (its state is {state})" if state and state != "finished" else ""
-        raise UserError(f"The run in {run_dir} has no saved model{detail}.")
     try:
         model = _load_keras_model(run_dir)
     except UserError:

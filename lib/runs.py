@@ -384,6 +384,38 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
         return {}
 
 
+def read_run_config(run_dir: str | Path) -> tuple[dict[str, Any], list[str], int]:
+    """A run's config, classes (the model's output order) and input size, checked; UserError in
+    plain words for a missing folder, a missing or broken config.json, no classes or a bad size."""
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.exists():
+        raise UserError(f"The run folder {run_dir} does not exist.")
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is a file, not a run folder.")
+    config_path = run_dir / FILES["config"]
+    if not config_path.is_file():
+        raise UserError(f"{run_dir} is not a run folder: it has no config.json.")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"The run's config.json cannot be read ({exc}).") from exc
+    classes = config.get("classes")
+    if not classes and (run_dir / FILES["classes"]).is_file():
+        text = (run_dir / FILES["classes"]).read_text(encoding="utf-8")
+        classes = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not isinstance(classes, list) or len(classes) < 1:
+        raise UserError(f"The run in {run_dir} does not list its classes (config.json 'classes').")
+    try:
+        size = int(config.get("image_size"))
+        if not 8 <= size <= 2048:
+            raise ValueError(size)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"The run in {run_dir} has no valid image size (config.json 'image_size').") from exc
+    return config, [str(c) for c in classes], size
+
+
 def read_classes(run_dir: str | Path) -> list[str]:
     """The class ids in the model's output order (config.json, else classes.txt)."""
     classes = read_config(run_dir).get("classes")
