@@ -247,7 +247,7 @@ def read_run(run_dir: str | Path) -> RunInfo:
         run_dir=run_dir,
         classes=classes,
         image_size=image_size,
-        data_dir=config.get("data_dir"),
+        data_dir=runs.resolve_data_dir(config.get("data_dir")),
         base=str(config.get("base", "")),
         config=config,
     )

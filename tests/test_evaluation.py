@@ -431,3 +431,17 @@ def test_cli_prints_json_last_and_exit_codes(world, tmp_path):
         bad = _cli(*args, tmp_path=tmp_path)
         assert bad.returncode == 2, (args, bad.stderr)
         assert needle in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_shipped_demo_evaluates_from_any_working_folder(tmp_path, monkeypatch):
+    """The demo records its dataset as "data/sample" (relative to the repository), and is read-only."""
+    from lib import settings
+
+    demo = settings.demo_run_dir()
+    assert demo is not None
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    before = sorted(p.name for p in demo.iterdir())
+    df = ev.predict_split(demo, split="test")
+    assert len(df) == 45 and df["correct"].mean() > 0.6
+    assert sorted(p.name for p in demo.iterdir()) == before, "nothing is written into demo/"
