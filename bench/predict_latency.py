@@ -43,13 +43,13 @@ def synthetic_run(folder: Path, size: int = 160) -> Path:
     """The default recipe's model shape (MobileNetV2 160, bundled weights) with an untrained head."""
     import keras
 
-    from lib import settings
+    from lib.models.registry import get_base
 
     inp = keras.Input((None, None, 3), dtype="float32", name="image")
     h = keras.layers.Resizing(size, size, antialias=True)(inp)
     h = keras.layers.Rescaling(1 / 127.5, offset=-1)(h)
     base = keras.applications.MobileNetV2(
-        input_shape=(size, size, 3), include_top=False, weights=str(settings.bundled_weights())
+        input_shape=(size, size, 3), include_top=False, weights=str(get_base("MobileNetV2").bundled)
     )
     base.name = "base"
     h = base(h, training=False)
@@ -85,26 +85,29 @@ def main() -> int:
     if not args.run and not args.synthetic:
         parser.error("give a RUN_DIR or --synthetic")
 
-    from lib.export import tflite_bytes, tflite_predict  # noqa: F401
-    from lib.images import decode, resize
-    from lib.prediction import load_predictor, predict_images
+    from lib.data.images import decode, resize
+    from lib.models.loader import load
+    from lib.serve.export import tflite_bytes
+    from lib.serve.predict import predict_images
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         run_dir = Path(args.run) if args.run else synthetic_run(tmp_path)
         start = time.perf_counter()
-        predictor = load_predictor(run_dir)
+        predictor = load(run_dir)
         load_s = time.perf_counter() - start
         size = predictor.size
-        print(f"run: {run_dir} (base {predictor.base or '?'}, {size} px, {len(predictor.classes)} classes)")
+        print(
+            f"run: {run_dir} (base {predictor.run.base or '?'}, {size} px, {len(predictor.classes)} classes)"
+        )
         print(f"model load: {load_s:.2f} s")
 
         rng = np.random.default_rng(0)
         image = rng.integers(0, 256, (1, size, size, 3)).astype(np.float32)
         start = time.perf_counter()
-        predictor.predict_arrays(image)
+        predictor.predict(image)
         first_s = time.perf_counter() - start
-        keras_t = timings(lambda: predictor.predict_arrays(image), args.runs)
+        keras_t = timings(lambda: predictor.predict(image), args.runs)
         print(f"first prediction (traces the graph): {first_s:.2f} s")
         print(f"keras predict_arrays, 1 image: median {keras_t['median_ms']} ms, p95 {keras_t['p95_ms']} ms")
 
@@ -114,7 +117,7 @@ def main() -> int:
         Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(buf, format="JPEG")
         photo = buf.getvalue()
         e2e_t = timings(
-            lambda: predict_images(predictor, [("p.jpg", photo)], size, predictor.classes, keep_images=False),
+            lambda: predict_images(predictor, [("p.jpg", photo)], keep_images=False),
             max(10, args.runs // 4),
         )
         print(
@@ -125,7 +128,7 @@ def main() -> int:
         from ai_edge_litert.interpreter import Interpreter
 
         start = time.perf_counter()
-        data, _ = tflite_bytes(predictor.model, size, workdir=tmp_path)
+        data, _ = tflite_bytes(predictor.keras_model, size, workdir=tmp_path)
         convert_s = time.perf_counter() - start
         interpreter = Interpreter(model_content=data)
         interpreter.allocate_tensors()

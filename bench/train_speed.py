@@ -6,7 +6,7 @@ WEIGHTS is "bundled", "imagenet" or a weights file for MobileNetV2 at 160 px. In
 for each seed: the classic recipe (MobileNetV2 160, frozen, augmentation layers in the model so
 the base runs every epoch, GAP + Dense, Adam 1e-4, batch 32, 10 epochs) as a fresh process; then
 the CLI with default settings as a fresh process with a cold feature cache; then the CLI again
-with the cache warm. All on the same splits (lib.datasets.scan) and weights. Prints test-split
+with the cache warm. All on the same splits (lib.data.scan) and weights. Prints test-split
 accuracy (mean over seeds), whole-process wall times (start-up included), the speed ratios and
 peak memory summed over the processes involved. Not a test: it takes minutes.
 """
@@ -63,9 +63,9 @@ def recipe(splits_file: str, weights: str, seed: int, epochs: int = 10) -> dict:
         return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(tf.data.AUTOTUNE)
 
     if weights == "bundled":
-        from lib import settings
+        from lib.models.registry import get_base
 
-        weights = str(settings.bundled_weights())
+        weights = str(get_base("MobileNetV2").bundled)
     if weights not in ("imagenet",) and not Path(weights).is_file():
         raise SystemExit(f"recipe: no weights file {weights}")
     base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights=weights)
@@ -170,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     # The scan is the Dataset page's job and is cached; warm it so every timed run reads the same splits.
-    from lib import training
+    from lib.data.scan import load_scan
 
     t = time.perf_counter()
-    scan = training.load_scan(args.data)
+    scan = load_scan(args.data)
     scan_seconds = time.perf_counter() - t
     usable = scan.usable
     index = {c: i for i, c in enumerate(scan.classes)}

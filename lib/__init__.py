@@ -1,5 +1,13 @@
-"""Image-classifier studio: datasets, training, evaluation, prediction and export.
+"""Image-classifier studio: the app's logic, grouped by family (one folder each):
 
-Nothing here imports TensorFlow at import time; functions that need it import it themselves,
-so the home page and `python -m lib --help` start fast.
+    data/      dataset layouts, the scan, splits, sources, the one decoder and the one feeder
+    models/    the registry of bases, building classifiers, custom layers, safety checks, the loader
+    train/     the config, features, the head, fine-tuning, the recipe, estimates, background jobs
+    evaluate/  metrics, stored predictions, comparing runs, the report
+    serve/     inputs, plain-words predictions, Grad-CAM, export
+    ui/        the only Streamlit importer: frame, state, cached loaders, forms, widgets, charts
+
+and a few small shared modules: errors, settings, text, vocab (every fixed name), files (the one
+atomic writer), runs (the run store and the one Run record), workspace (hosted visitors), cli.
+Nothing here imports TensorFlow at import time: functions that need it import it themselves.
 """

@@ -1,3 +1,5 @@
+"""`python -m lib`: the shell interface (lib.cli)."""
+
 import sys
 
 from lib.cli import main

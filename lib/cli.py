@@ -1,27 +1,73 @@
-"""`python -m lib ...`: the shell interface. Parsing lives here; each command's work lives in its module.
+"""`python -m lib ...`: the shell interface, mirroring the app (scan, train, evaluate, predict, runs).
 
-Nothing heavy is imported until a command runs, so `--help` is instant. Every UserError becomes a
-one-line message on stderr and exit code 2; the last stdout line of scan/train/evaluate is JSON.
+`train`'s flags are generated from TrainConfig's fields (names, help, defaults), so the CLI, the
+Train page and config.json can never drift apart; `--config RUN/config.json` reproduces a run and
+flags override it. Every UserError becomes one line on stderr and exit code 2; the last stdout line
+of scan, train, evaluate and runs is JSON. Nothing heavy is imported until a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
+import os
 import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any
 
-# command -> (module, function); the function takes the parsed args and returns an exit code.
-COMMANDS = {
-    "scan": ("lib.datasets", "scan_command"),
-    "train": ("lib.training", "train_command"),
-    "evaluate": ("lib.evaluation", "evaluate_command"),
-    "predict": ("lib.prediction", "predict_command"),
-}
+from lib import runs, settings
+from lib.data.layouts import check_folder
+from lib.data.scan import health_report, scan
+from lib.errors import UserError
+from lib.evaluate.predictions import data_root, evaluate, normalize_split
+from lib.evaluate.report import write_report
+from lib.models import loader
+from lib.models.registry import BASES
+from lib.serve.predict import percent, predict_images
+from lib.text import clock
+from lib.train.config import TrainConfig, default_of, options
+from lib.train.recipe import train
+from lib.vocab import EPOCH_PHASES, EVAL_SPLITS, SPLITS, WEIGHTS
+
+# ----------------------------------------------------------------------------------------------
+# Parsers
+# ----------------------------------------------------------------------------------------------
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
         self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _flag_type(f: Any) -> Any:
+    """The Python type of a config field (int for `int | None`)."""
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, from its Option (see lib.train.config)."""
+    for f, opt in options():
+        if not opt.cli:
+            continue
+        flag = opt.flag or "--" + f.name.replace("_", "-")
+        kind = _flag_type(f)
+        default = default_of(f)
+        choices = opt.labels or {}
+        if f.name == "base":
+            choices = {name: spec.summary for name, spec in BASES.items()}
+        extra = f" Choices: {', '.join(map(str, choices))}." if choices else ""
+        shown = "the base's own size" if f.name == "image_size" else default
+        text = f"{opt.label}. {opt.help}{extra} (default: {shown})".replace("..", ".").replace("%", "%%")
+        if kind is bool:
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,54 +77,336 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    scan = sub.add_parser("scan", help="check an image dataset folder and print its health report")
-    scan.add_argument("data", metavar="DIR", help="dataset folder (DIR/<class>/* or DIR/<split>/<class>/*)")
-    scan.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    scan.add_argument(
+    p = sub.add_parser("scan", help="check an image dataset folder and print its health report")
+    p.add_argument("data", metavar="DIR", help="dataset folder (DIR/<class>/* or DIR/<split>/<class>/*)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument(
         "--val-fraction",
         type=float,
         default=0.15,
         metavar="X",
         help="validation share when the app splits (0.15)",
     )
-    scan.add_argument(
+    p.add_argument(
         "--test-fraction", type=float, default=0.15, metavar="X", help="test share when the app splits (0.15)"
     )
 
-    train = sub.add_parser("train", help="train a classifier and save it as a run")
-    train.add_argument("--data", required=True, metavar="DIR", help="dataset folder")
-    train.add_argument("--base", default="MobileNetV2", help="base model (default MobileNetV2)")
-    train.add_argument(
-        "--weights",
-        default="imagenet",
-        help="imagenet (download), bundled (offline MobileNetV2 160), none, or a weights file path",
+    p = sub.add_parser("train", help="train a classifier and save it as a run (every setting is a flag)")
+    p.add_argument(
+        "--config", metavar="FILE", help="a run's config.json (or run folder) to reproduce; flags override it"
     )
-    train.add_argument("--image-size", type=int, metavar="N", help="input size in pixels")
-    train.add_argument("--epochs", type=int, metavar="N", help="training epochs")
-    train.add_argument("--batch-size", type=int, metavar="N", help="batch size")
-    train.add_argument("--lr", type=float, metavar="X", help="learning rate")
-    train.add_argument("--optimizer", help="adam, rmsprop or sgd")
-    train.add_argument("--augment", action="store_true", help="augment training images")
-    train.add_argument("--fine-tune-layers", type=int, metavar="N", help="unfreeze the top N base layers")
-    train.add_argument("--fine-tune-epochs", type=int, metavar="N", help="epochs of fine-tuning")
-    train.add_argument("--runs-dir", default="models", metavar="DIR", help="where runs are saved")
-    train.add_argument("--seed", type=int, metavar="N", help="random seed")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(p)
+    p.add_argument("--runs-dir", default=None, metavar="DIR", help="where runs are saved (default: models/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    evaluate = sub.add_parser("evaluate", help="evaluate a run on a split and write its report")
-    evaluate.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder")
-    evaluate.add_argument("--data", metavar="DIR", help="dataset folder (default: the run's)")
-    evaluate.add_argument("--split", default="test", help="train, validation, test or all")
+    p = sub.add_parser("evaluate", help="evaluate a run on a split and write its report")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder")
+    p.add_argument("--data", metavar="DIR", help="dataset folder (default: the run's)")
+    p.add_argument(
+        "--split", default="test", help="train, validation, test, all, or a folder of class folders"
+    )
 
-    predict = sub.add_parser("predict", help="predict image files with a run")
-    predict.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder")
-    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (or a zip)")
-    predict.add_argument("--json", action="store_true", help="print JSON instead of lines")
-    predict.add_argument(
+    p = sub.add_parser("predict", help="predict photos (files, folders or zips) with a run")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders of images, or zips")
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.add_argument(
         "--threshold", type=float, default=0.6, metavar="P", help="unsure below this top probability (0.6)"
     )
-    predict.add_argument("--top-k", type=int, default=3, metavar="N", help="probabilities listed in JSON (3)")
+    p.add_argument("--top-k", type=int, default=3, metavar="N", help="probabilities listed in JSON (3)")
+
+    p = sub.add_parser("runs", help="list the trained runs (state, accuracy, note)")
+    p.add_argument("--runs-dir", default=None, metavar="DIR", help="runs folder (default: models/)")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
     return parser
+
+
+# ----------------------------------------------------------------------------------------------
+# scan
+# ----------------------------------------------------------------------------------------------
+
+
+def _format_report(report: dict[str, Any], max_files: int = 20) -> str:
+    lines = [
+        f"Dataset: {report['root']}",
+        f"Layout: {report['layout_text']}",
+        f"{report['usable']:,} usable images of {report['files']:,} files, "
+        f"{len(report['classes'])} classes, scanned in {report['seconds']:.1f} s",
+        "",
+    ]
+    cols = [*SPLITS, "total"]
+    width = max([len("class"), *(len(c) for c in report["classes"])])
+    lines.append(f"{'class':<{width}}  " + "  ".join(f"{c:>10}" for c in cols))
+    for cls in report["classes"]:
+        lines.append(f"{cls:<{width}}  " + "  ".join(f"{report['counts'][c][cls]:>10,}" for c in cols))
+    lines.append(f"{'all':<{width}}  " + "  ".join(f"{report['totals'][c]:>10,}" for c in cols))
+    if report["baseline"]:
+        b = report["baseline"]
+        lines.append(
+            f"\nMajority-class baseline: always answering '{b['class']}' scores {b['accuracy']:.1%} on {b['split']}."
+        )
+    if not report["problems"]:
+        lines.append("\nNo problems found.")
+    for p in report["problems"]:
+        lines.append(f"\nProblem [{p['kind']}]: {p['message']}")
+        items = [" = ".join(g) for g in p["groups"]] if "groups" in p else p["files"]
+        for item in items[:max_files]:
+            lines.append(f"  {item}")
+        if len(items) > max_files:
+            lines.append(f"  ... and {len(items) - max_files:,} more (use --json to list all)")
+    return "\n".join(lines)
+
+
+def scan_command(args: argparse.Namespace) -> int:
+    """Print the health report; exit 0 even when problems are found (last line JSON)."""
+    result = scan(
+        args.data,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        max_pixels=settings.max_pixels(),
+    )
+    report = health_report(result)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(_format_report(report))
+    summary = {
+        "root": report["root"],
+        "usable": report["usable"],
+        "files": report["files"],
+        "classes": report["classes"],
+        "totals": report["totals"],
+        "problems": {p["kind"]: p["count"] for p in report["problems"]},
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+# ----------------------------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """A plain-text progress line on stderr: redrawn in place on a terminal, one line per step otherwise."""
+
+    def __init__(self, stream: Any = None, quiet: bool = False):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.last_key: Any = None
+        self.last_time = 0.0
+        self.width = 0
+
+    def __call__(self, progress: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        phase = progress.get("phase", "")
+        if phase == "features":
+            done, total = int(progress.get("done") or 0), int(progress.get("total") or 1)
+            frac, what = done / max(total, 1), f"{done}/{total} images"
+        elif phase in EPOCH_PHASES:
+            done, total = int(progress.get("epoch") or 0), int(progress.get("epochs") or 1)
+            logs = progress.get("logs") or {}
+            frac = done / max(total, 1)
+            what = f"epoch {done}/{total}"
+            if "val_accuracy" in logs:
+                what += (
+                    f"  loss {logs.get('loss', 0):.3f}  acc {logs.get('accuracy', 0):.3f}"
+                    f"  val_acc {logs['val_accuracy']:.3f}"
+                )
+        else:
+            frac, what = 0.0, ""
+        bar = "#" * int(frac * 20) + "." * (20 - int(frac * 20))
+        line = f"{phase:<9} [{bar}] {what}  ETA {clock(progress.get('eta_seconds'))}"
+        key = (phase, progress.get("epoch"), int(frac * 10) if phase == "features" else None)
+        now = time.monotonic()
+        if self.tty:
+            if now - self.last_time < 0.1 and key == self.last_key:
+                return
+            self.stream.write("\r" + line + " " * max(0, self.width - len(line)))
+            self.width = len(line)
+        else:
+            if key == self.last_key:
+                return
+            self.stream.write(line + "\n")
+        self.last_key, self.last_time = key, now
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self.width and not self.quiet:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """A TrainConfig from `--config` (when given) with every flag that was set applied on top."""
+    cfg = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    for f, opt in options():
+        value = getattr(args, f.name, None)
+        if opt.cli and value is not None:
+            if isinstance(value, str) and opt.choices and all(isinstance(c, str) for c in opt.choices):
+                value = value.strip().lower() if f.name != "base" else value.strip()
+            setattr(cfg, f.name, value)
+    if not cfg.data_dir:
+        raise UserError("No dataset given: use --data DIR (or --config with a run's config.json).")
+    # --data is relative to where you are; a folder recorded in a config (the demo's "data/sample")
+    # is relative to the repository.
+    given = args.data_dir is not None
+    cfg.data_dir = str(check_folder(cfg.data_dir if given else runs.resolve_data_dir(cfg.data_dir)))
+    weights = str(cfg.weights)
+    if weights.lower() not in WEIGHTS:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise UserError(f"The weights file {weights} does not exist.")
+        cfg.weights = str(path.resolve())
+    return cfg.resolved()
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """Train one run with a progress bar; the last stdout line is JSON (exit 1 if training failed)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    config = config_from_args(args)
+    run_dir = runs.create_run(Path(args.runs_dir) if args.runs_dir else settings.runs_dir(), config)
+    bar = ProgressBar(quiet=args.quiet)
+    write = runs.progress_writer(run_dir)
+
+    def on_progress(progress: dict[str, Any]) -> None:
+        write(progress)
+        bar(progress)
+
+    runs.write_status(run_dir, "running", pid=os.getpid(), progress={"phase": "starting"})
+    metrics: dict[str, Any] = {}
+    with runs.recording_status(run_dir) as outcome:
+        metrics = train(config, run_dir, on_progress=on_progress)
+    bar.close()
+    if outcome.state == "cancelled":
+        raise KeyboardInterrupt
+    if outcome.state == "failed":
+        if isinstance(outcome.error, UserError):
+            raise outcome.error
+        print(f"error: {outcome.reason}", file=sys.stderr)
+        return 1
+    summary = {
+        "run_id": run_dir.name,
+        "run_dir": str(run_dir.resolve()),
+        "base": config.base,
+        "image_size": config.image_size,
+        "weights_used": metrics.get("weights_used"),
+        "val_accuracy": metrics.get("val_accuracy"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "epochs_run": metrics.get("epochs_run"),
+        "train_seconds": metrics.get("train_seconds"),
+        "feature_seconds": metrics.get("feature_seconds"),
+        "feature_cache": metrics.get("feature_cache"),
+    }
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate
+# ----------------------------------------------------------------------------------------------
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """Evaluate a run on a split, write report.html/.md; the last stdout line is JSON metrics."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    split = normalize_split(args.split or "test")
+    run = runs.open_run(args.run)
+    data_root(run, args.data, split)  # fail fast, before loading TensorFlow
+    result = evaluate(run, args.data, split)
+    paths = write_report(result)
+    m = result.metrics
+    base = m["majority_baseline"]
+    label = split if split in EVAL_SPLITS else f"folder {split}"
+    print(
+        f"{label}: {m['n_images']} images, {m['correct']} correct, {m['incorrect']} incorrect; "
+        f"accuracy {m['accuracy']:.1%} (majority-class baseline {base['accuracy']:.1%})"
+    )
+    for pair in m["most_missed"][:5]:
+        print(f"  {pair['text']}")
+    print(f"report: {paths['html']}")
+    summary = {
+        "run_dir": str(run.path),
+        "split": split,
+        "data_dir": str(result.data_dir) if result.data_dir else None,
+        **{k: m[k] for k in ("n_images", "correct", "incorrect", "accuracy")},
+        "majority_baseline": base,
+        **{k: m[k] for k in ("classes", "per_class", "macro_avg", "weighted_avg", "top_k_accuracy")},
+        "confusion_matrix": m["confusion_matrix"],
+        "most_missed": m["most_missed"],
+        "report": {k: str(v) for k, v in paths.items()},
+        "predictions_file": str(result.predictions_file) if result.predictions_file else None,
+    }
+    print(json.dumps(summary, ensure_ascii=False))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# predict
+# ----------------------------------------------------------------------------------------------
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """One line per photo (or JSON); exit 0 when it ran (even if some files failed), 2 for a bad run."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    model = loader.load(args.run)
+    results = predict_images(
+        model,
+        [(str(p), Path(p)) for p in args.images],
+        top_k=args.top_k,
+        unsure_threshold=args.threshold,
+        keep_images=False,
+    )
+    if args.json:
+        payload = {
+            "run": str(model.run.path),
+            "classes": model.classes,
+            "results": [r.to_dict() for r in results],
+        }
+        print(json.dumps(payload, ensure_ascii=False))
+        return 0
+    for r in results:
+        if r.ok:
+            extra = f" (top guess {percent(r.confidence or 0.0)}%)" if r.unsure else ""
+            print(f"{r.name}: {r.verdict}{extra}")
+        elif r.skipped:
+            print(f"{r.name}: skipped ({r.error})")
+        else:
+            print(f"{r.name}: error: {r.error}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# runs
+# ----------------------------------------------------------------------------------------------
+
+
+def runs_command(args: argparse.Namespace) -> int:
+    """The runs table (newest first); with --json one JSON list."""
+    found = runs.list_runs(Path(args.runs_dir) if args.runs_dir else settings.runs_dir())
+    rows = runs.runs_table(found)
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("No runs yet.")
+    for row in rows:
+        acc = "" if row["val accuracy"] is None else f"  val {row['val accuracy']:.1%}"
+        note = f"  {row['note'].strip().splitlines()[0]}" if row["note"].strip() else ""
+        print(f"{row['id']}  {row['state']}  {row['base']}{acc}{note}")
+    print(json.dumps({"runs": len(rows)}))
+    return 0
+
+
+COMMANDS = {
+    "scan": scan_command,
+    "train": train_command,
+    "evaluate": evaluate_command,
+    "predict": predict_command,
+    "runs": runs_command,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,12 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from lib.errors import UserError
-
-    module_name, func_name = COMMANDS[args.command]
     try:
-        func = getattr(importlib.import_module(module_name), func_name)
-        return int(func(args) or 0)
+        return int(COMMANDS[args.command](args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

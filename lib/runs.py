@@ -1,120 +1,309 @@
-"""The runs store: one folder per training run, written atomically, readable from anywhere.
+"""The run store: one folder per training run, and the one `Run` record everything reads.
 
 models/<run-id>/ holds config.json (everything to reproduce the run, plus classes, image size and
 the dataset fingerprint), classes.txt, history.csv, model.keras, metrics.json, status.json, log.txt
 and notes.md. Nothing in it is an absolute path the model needs, so a copied run folder opens
 elsewhere. Renaming a run changes its display name (config.json "name"), never its folder, so a
 job still writing into the folder is never disturbed.
+
+`read_run` never raises (a broken folder comes back with `damaged` set, for lists); `open_run`
+raises a UserError in plain words when a run can't be used for evaluation, prediction or export.
+`recording_status` is the one place where the outcome of a training run becomes its status.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import errno
+import hashlib
 import os
 import re
 import shutil
 import socket
-import tempfile
 import time
+import traceback
 import uuid
-from dataclasses import asdict, dataclass, is_dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lib import settings
-from lib.errors import UserError
+import psutil
 
-STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
-ACTIVE_STATES = ("queued", "running")
-FILES = {
-    "config": "config.json",
-    "classes": "classes.txt",
-    "history": "history.csv",
-    "model": "model.keras",
-    "metrics": "metrics.json",
-    "status": "status.json",
-    "log": "log.txt",
-    "notes": "notes.md",
-}
-HISTORY_COLUMNS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+from lib import files, settings
+from lib.errors import Cancelled, UserError
+from lib.text import first_line
+from lib.vocab import ACTIVE_STATES, HISTORY_COLUMNS, RUN_FILES, RUN_STATES
+
 MAX_NAME = 100
-
-
-def _read_umask() -> int:
-    """The process umask without changing it (os.umask would, briefly, for every thread)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-_UMASK = _read_umask()
+OUT_OF_MEMORY = "Ran out of memory: try a smaller batch size or image size."
+DISK_FULL = "The disk is full: free some space (or delete old runs) and train again."
 
 
 # ----------------------------------------------------------------------------------------------
-# Atomic writes
+# The Run record
 # ----------------------------------------------------------------------------------------------
 
 
-def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write a file so readers see the old or the new content, never half of it (temp + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run folder is readable like any file
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+@dataclass
+class Run:
+    """One run folder as everything in the app sees it (read once; cheap: a few small JSON files)."""
+
+    path: Path
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
+    status: dict[str, Any] = field(default_factory=dict, repr=False)
+    metrics: dict[str, Any] = field(default_factory=dict, repr=False)
+    note: str = ""
+    damaged: str | None = None  # why the folder can't be used, in plain words
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or self.id)
+
+    @property
+    def base(self) -> str:
+        return str(self.config.get("base") or "")
+
+    @property
+    def classes(self) -> list[str]:
+        classes = self.config.get("classes")
+        return [str(c) for c in classes] if isinstance(classes, list) else []
+
+    @property
+    def image_size(self) -> int | None:
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+            size = int(self.config["image_size"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return size if 8 <= size <= 2048 else None
+
+    @property
+    def created(self) -> str:
+        return str(self.config.get("created") or "")
+
+    @property
+    def state(self) -> str:
+        """The recorded state, except that a queued/running run whose process died is "interrupted"."""
+        state = str(self.status.get("state") or "unknown")
+        if state in ACTIVE_STATES and not process_alive(self.status):
+            return "interrupted"
+        return state
+
+    @property
+    def reason(self) -> str:
+        reason = str(self.status.get("reason") or "")
+        if not reason and self.state == "interrupted":
+            return "The training process stopped unexpectedly (it is no longer running)."
+        return reason
+
+    @property
+    def updated(self) -> str:
+        return str(self.status.get("updated") or "")
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        progress = self.status.get("progress")
+        return progress if isinstance(progress, dict) else {}
+
+    @property
+    def val_accuracy(self) -> float | None:
+        return _maybe_float(self.metrics.get("val_accuracy"))
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return _maybe_float(self.metrics.get("test_accuracy"))
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / RUN_FILES["model"]
+
+    @property
+    def has_model(self) -> bool:
+        return self.model_path.is_file()
+
+    @property
+    def usable(self) -> bool:
+        """Finished with a model and nothing damaged: can be evaluated, predicted and exported."""
+        return self.state == "finished" and self.has_model and not self.damaged
+
+    @property
+    def data_dir(self) -> str | None:
+        """The dataset folder it was trained on, as an absolute path (see resolve_data_dir)."""
+        return resolve_data_dir(self.config.get("data_dir"))
+
+    @property
+    def shipped(self) -> bool:
+        return is_shipped(self.path)
+
+    def model_identity(self) -> dict[str, int]:
+        """What changes when the model file is replaced (cache keys of predictions and exports)."""
+        st = self.model_path.stat()
+        return {"mtime_ns": st.st_mtime_ns, "size": st.st_size}
+
+    @property
+    def writable(self) -> bool:
+        """Whether derived files may be written into the run folder (never into the shipped demo)."""
+        return not self.shipped and os.access(self.path, os.W_OK)
+
+    def output_dir(self, kind: str) -> Path:
+        """Where this run's derived files of `kind` (predictions, exports, reports) go: inside the
+        run folder when it is writable, else a folder of the cache keyed by the run and its model
+        (the shipped demo and read-only copies)."""
+        if self.writable:
+            inside = self.path if kind == "reports" else self.path / kind
+            if files.writable_dir(inside):
+                return inside
+        ident = self.model_identity() if self.has_model else {}
+        key = f"{self.path.resolve()}\0{ident.get('mtime_ns')}\0{ident.get('size')}"
+        return settings.cache_dir() / kind / hashlib.sha1(key.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        """How the run appears in pickers: name · base · date · validation accuracy."""
+        acc = f" · val {self.val_accuracy:.1%}" if self.val_accuracy is not None else ""
+        when = self.created[:16].replace("T", " ")
+        return f"{self.name} · {self.base} · {when}{acc}"
 
 
-def _jsonable(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+def _maybe_float(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    return write_atomic(path, json.dumps(obj, indent=2, default=_jsonable, allow_nan=False) + "\n")
+def read_run(run_dir: str | Path) -> Run:
+    """Everything about one run folder; never raises: problems are listed in `damaged`."""
+    run = Run(path=Path(run_dir))
+    problems: list[str] = []
+    try:
+        run.config = files.read_json(run.path / RUN_FILES["config"])
+    except FileNotFoundError:
+        problems.append("config.json is missing")
+    except (OSError, ValueError) as exc:
+        problems.append(f"config.json cannot be read ({exc})")
+    if run.config and not run.classes and (run.path / RUN_FILES["classes"]).is_file():
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            text = (run.path / RUN_FILES["classes"]).read_text(encoding="utf-8")
+            run.config["classes"] = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if run.config.get("image_size") is not None and run.image_size is None:
+        problems.append("config.json has an invalid image size")
+    run.status = read_status(run.path)
+    if (run.path / RUN_FILES["metrics"]).exists():
+        try:
+            run.metrics = files.read_json(run.path / RUN_FILES["metrics"])
+        except (OSError, ValueError) as exc:
+            problems.append(f"metrics.json cannot be read ({exc})")
+    if run.state == "finished" and not run.has_model:
+        problems.append("the run finished but model.keras is missing")
+    try:
+        run.note = (run.path / RUN_FILES["notes"]).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"notes.md cannot be read ({exc})")
+    if problems:
+        run.damaged = "; ".join(problems) + "."
+    return run
 
 
-def read_json(path: str | Path) -> dict[str, Any]:
-    """A JSON object from a file; ValueError when it isn't one (callers turn that into plain words)."""
-    obj = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(obj, dict):
-        raise ValueError("not a JSON object")
-    return obj
+def open_run(run_dir: str | Path, *, need_model: bool = True) -> Run:
+    """A run that can be used (evaluated, predicted, exported), or a UserError saying why not."""
+    path = Path(run_dir).expanduser()
+    if not path.exists():
+        raise UserError(f"The run folder {path} does not exist.")
+    if not path.is_dir():
+        raise UserError(f"{path} is a file, not a run folder.")
+    if not (path / RUN_FILES["config"]).is_file():
+        raise UserError(f"{path} is not a run folder: it has no config.json.")
+    run = read_run(path)
+    if not run.config:
+        raise UserError(f"The run's config.json cannot be read ({run.damaged}).")
+    if not run.classes:
+        raise UserError(f"The run in {path} does not list its classes (config.json 'classes').")
+    if run.image_size is None:
+        raise UserError(f"The run in {path} has no valid image size (config.json 'image_size').")
+    if need_model and not run.has_model:
+        state = run.state
+        detail = f" (its state is {state})" if state not in ("finished", "unknown") else ""
+        raise UserError(f"The run in {path} has no saved model (model.keras){detail}.")
+    return run
 
 
-def append_log(run_dir: str | Path, line: str) -> None:
-    """Append one timestamped line to log.txt (a single O_APPEND write: lines never interleave)."""
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    text = "".join(f"{stamp} {part}\n" for part in str(line).splitlines() or [""])
-    with open(Path(run_dir) / FILES["log"], "a", encoding="utf-8") as fh:
-        fh.write(text)
+def list_runs(runs_dir: str | Path) -> list[Run]:
+    """All run folders under runs_dir, newest first; broken ones are listed with `damaged` set."""
+    try:
+        entries = [p for p in Path(runs_dir).iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return []
+    found = []
+    for path in entries:
+        try:
+            found.append(read_run(path))
+        except Exception as exc:  # noqa: BLE001 - e.g. a folder we may not read: list it as damaged
+            found.append(Run(path=path, damaged=f"the folder cannot be read ({exc})."))
+    found.sort(key=lambda r: (r.created, r.id), reverse=True)
+    return found
+
+
+def usable_runs(runs_dir: str | Path, *, demo: Path | None = None) -> list[Run]:
+    """Finished runs with a model, newest first, then the shipped demo (read-only) when there is one."""
+    done = [r for r in list_runs(runs_dir) if r.usable]
+    if demo is not None:
+        run = read_run(demo)
+        if run.has_model and not run.damaged:
+            run.config["name"] = "Demo: bean leaves"
+            done.append(run)
+    return done
+
+
+def best_run(candidates: list[Run]) -> Run | None:
+    """The newest best of the user's own runs (highest validation accuracy); the demo only when
+    there is nothing else."""
+    own = [r for r in candidates if not r.shipped]
+    if not own:
+        return candidates[0] if candidates else None
+    return max(own, key=lambda r: (r.val_accuracy if r.val_accuracy is not None else -1.0, r.created))
+
+
+SERVER_PATH_KEYS = ("data_dir", "dataset")
+
+
+def public_config(run: Run, *, hosted: bool) -> dict[str, Any]:
+    """The run's settings to show or hand out; on a hosted demo without the server's folders."""
+    config = dict(run.config)
+    if hosted:
+        for key in SERVER_PATH_KEYS:
+            config.pop(key, None)
+        if registry_file := config.get("weights"):
+            if str(registry_file).startswith("/"):
+                config["weights"] = Path(str(registry_file)).name
+    return config
+
+
+def runs_table(found: list[Run]) -> list[dict[str, Any]]:
+    """Rows of the runs table on the Train page and of `python -m lib runs`."""
+    return [
+        {
+            "run": r.name,
+            "id": r.id,
+            "base": r.base,
+            "state": f"damaged: {r.damaged}" if r.damaged else r.state,
+            "val accuracy": r.val_accuracy,
+            "test accuracy": r.test_accuracy,
+            "created": r.created[:19].replace("T", " "),
+            "note": r.note,
+        }
+        for r in found
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
-# Creating and reading runs
+# Creating runs
 # ----------------------------------------------------------------------------------------------
 
 
@@ -161,10 +350,25 @@ def create_run(runs_dir: str | Path, config: Any) -> Path:
         raise UserError("Too many runs started at the same moment; try again.")
     data.setdefault("name", candidate.name)
     data.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
-    write_json_atomic(candidate / FILES["config"], data)
-    write_atomic(candidate / FILES["notes"], "")
+    files.write_json(candidate / RUN_FILES["config"], data)
+    files.write_atomic(candidate / RUN_FILES["notes"], "")
     write_status(candidate, "queued")
     return candidate
+
+
+# ----------------------------------------------------------------------------------------------
+# Status and process identity
+# ----------------------------------------------------------------------------------------------
+
+
+def process_started(pid: int | None) -> float | None:
+    """When process `pid` started (psutil create_time), or None when there is no such process."""
+    if not pid:
+        return None
+    try:
+        return psutil.Process(int(pid)).create_time()
+    except (psutil.Error, ValueError, OverflowError):
+        return None
 
 
 def write_status(
@@ -176,27 +380,29 @@ def write_status(
     progress: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Record the run's state (queued, running, finished, failed, cancelled, interrupted) atomically."""
-    if state not in STATES:
+    """Record the run's state atomically, with the worker's PID and its start time (so a PID reused
+    after a restart is never mistaken for the worker)."""
+    if state not in RUN_STATES:
         raise ValueError(f"unknown run state {state!r}")
     status = {
         "state": state,
         "reason": str(reason or ""),
         "updated": datetime.now(UTC).isoformat(timespec="seconds"),
         "pid": int(pid) if pid else None,
+        "pid_started": process_started(pid),
         "host": socket.gethostname(),
         "progress": progress or {},
         **extra,
     }
-    write_json_atomic(Path(run_dir) / FILES["status"], status)
+    files.write_json(Path(run_dir) / RUN_FILES["status"], status)
     return status
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:
     """The status as written; a missing or unreadable file reads as state "unknown" with a reason."""
-    path = Path(run_dir) / FILES["status"]
+    path = Path(run_dir) / RUN_FILES["status"]
     try:
-        status = read_json(path)
+        status = files.read_json(path)
     except FileNotFoundError:
         return {"state": "unknown", "reason": "The run has no status file.", "progress": {}, "pid": None}
     except (OSError, ValueError) as exc:
@@ -213,29 +419,27 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
 
 
 def process_alive(status: dict[str, Any]) -> bool:
-    """Whether the process a status names is still running (on this machine)."""
+    """Whether the worker a status names is still running on this machine: same PID *and* the same
+    start time, so another process that got the PID later never counts."""
     pid = status.get("pid")
     if not pid:
         return False
     if status.get("host") and status.get("host") != socket.gethostname():
         return False  # a run copied from another machine
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+        proc = psutil.Process(int(pid))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = status.get("pid_started")
+        return started is None or abs(proc.create_time() - float(started)) < 0.01
+    except (psutil.Error, ValueError, OverflowError, TypeError):
         return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    try:
-        with open(f"/proc/{int(pid)}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def progress_writer(run_dir: str | Path, *, pid: int | None = None, every: float = 0.5):
     """An on_progress callback for train() that writes status "running" (at most every `every` s,
     and always when the phase or epoch changes), so pages polling status.json see live progress."""
-    last = {"t": 0.0, "key": None}
+    last: dict[str, Any] = {"t": 0.0, "key": None}
 
     def on_progress(progress: dict[str, Any]) -> None:
         key = (progress.get("phase"), progress.get("epoch"))
@@ -261,179 +465,72 @@ def _plain(value: Any) -> Any:
 
 
 @dataclass
-class RunInfo:
-    """One row of the runs list; `damaged` says in plain words why a folder can't be used."""
+class Outcome:
+    """How a training run ended, as recording_status saw it."""
 
-    run_id: str
-    path: Path
-    name: str
-    base: str = ""
-    image_size: int | None = None
-    state: str = "unknown"
+    state: str = "finished"
     reason: str = ""
-    created: str = ""
-    updated: str = ""
-    val_accuracy: float | None = None
-    test_accuracy: float | None = None
-    classes: list[str] | None = None
-    note: str = ""
-    has_model: bool = False
-    damaged: str | None = None
-    progress: dict[str, Any] | None = None
+    kind: str = ""  # what kind of failure (errors' `kind`, "memory", "disk", "error")
+    error: BaseException | None = None
 
 
-def read_run_info(run_dir: str | Path) -> RunInfo:
-    """Everything the runs list shows about one folder; never raises for a broken folder."""
+def _looks_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, MemoryError) or "OOM" in text or "out of memory" in text.lower()
+
+
+@contextlib.contextmanager
+def recording_status(run_dir: str | Path) -> Iterator[Outcome]:
+    """The one place a training run's outcome becomes its status: finished, cancelled (Cancelled,
+    Ctrl-C, SIGTERM), or failed with a plain reason (UserError's own words, out of memory, disk
+    full, anything else with its traceback in worker.log). Swallows the exception; the caller reads
+    `outcome.error` to decide its exit code."""
     run_dir = Path(run_dir)
-    info = RunInfo(run_id=run_dir.name, path=run_dir, name=run_dir.name)
-    problems: list[str] = []
-    config: dict[str, Any] = {}
+    outcome = Outcome()
     try:
-        config = read_json(run_dir / FILES["config"])
-    except FileNotFoundError:
-        problems.append("config.json is missing")
-    except (OSError, ValueError) as exc:
-        problems.append(f"config.json cannot be read ({exc})")
-    info.name = str(config.get("name") or run_dir.name)
-    info.base = str(config.get("base") or "")
-    info.created = str(config.get("created") or "")
-    try:
-        info.image_size = int(config["image_size"]) if config.get("image_size") else None
-    except (TypeError, ValueError):
-        problems.append("config.json has an invalid image size")
-    classes = config.get("classes")
-    info.classes = [str(c) for c in classes] if isinstance(classes, list) else None
-
-    status = read_status(run_dir)
-    info.state = str(status.get("state") or "unknown")
-    info.reason = str(status.get("reason") or "")
-    info.updated = str(status.get("updated") or "")
-    info.progress = status.get("progress") if isinstance(status.get("progress"), dict) else {}
-    if info.state in ACTIVE_STATES and not process_alive(status):
-        info.state = "interrupted"
-        info.reason = info.reason or "The training process stopped unexpectedly (it is no longer running)."
-
-    info.has_model = (run_dir / FILES["model"]).is_file()
-    if (run_dir / FILES["metrics"]).exists():
-        try:
-            metrics = read_json(run_dir / FILES["metrics"])
-            info.val_accuracy = _maybe_float(metrics.get("val_accuracy"))
-            info.test_accuracy = _maybe_float(metrics.get("test_accuracy"))
-        except (OSError, ValueError) as exc:
-            problems.append(f"metrics.json cannot be read ({exc})")
-    if info.state == "finished" and not info.has_model:
-        problems.append("the run finished but model.keras is missing")
-    try:
-        info.note = (run_dir / FILES["notes"]).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        pass
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"notes.md cannot be read ({exc})")
-    if problems:
-        info.damaged = "; ".join(problems) + "."
-    return info
+        yield outcome
+    except (Cancelled, KeyboardInterrupt) as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        outcome.state, outcome.kind = "cancelled", "cancelled"
+        outcome.reason = "Interrupted from the keyboard." if interrupted else "Cancelled by the user."
+        append_log(run_dir, outcome.reason)
+    except UserError as exc:
+        outcome.state, outcome.reason, outcome.kind, outcome.error = "failed", str(exc), exc.kind, exc
+    except Exception as exc:  # the reason goes on the page, the traceback into the log
+        outcome.state, outcome.error = "failed", exc
+        if _looks_out_of_memory(exc):
+            outcome.reason, outcome.kind = OUT_OF_MEMORY, "memory"
+        elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            outcome.reason, outcome.kind = DISK_FULL, "disk"
+        else:
+            outcome.kind = "error"
+            outcome.reason = (
+                f"Training stopped with an error: {first_line(exc)} (details in the run's worker.log)."
+            )
+            with contextlib.suppress(OSError), open(run_dir / RUN_FILES["worker_log"], "a") as log:
+                traceback.print_exception(exc, file=log)
+    write_status(run_dir, outcome.state, reason=outcome.reason, kind=outcome.kind)
 
 
-def _maybe_float(value: Any) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
+# ----------------------------------------------------------------------------------------------
+# Logs and history
+# ----------------------------------------------------------------------------------------------
 
 
-def _safe_run_info(run_dir: Path) -> RunInfo:
-    try:
-        return read_run_info(run_dir)
-    except Exception as exc:  # noqa: BLE001 - e.g. a folder we may not read: list it as damaged
-        return RunInfo(
-            run_id=run_dir.name,
-            path=run_dir,
-            name=run_dir.name,
-            damaged=f"the folder cannot be read ({exc}).",
-        )
-
-
-def list_runs(runs_dir: str | Path) -> list[RunInfo]:
-    """All run folders under runs_dir, newest first; broken ones are listed with `damaged` set."""
-    runs_dir = Path(runs_dir)
-    try:
-        entries = [p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    except OSError:
-        return []
-    infos = [_safe_run_info(p) for p in entries]
-    infos.sort(key=lambda i: (i.created or "", i.run_id), reverse=True)
-    return infos
-
-
-def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """config.json as a dict; UserError in plain words when it's missing or broken."""
-    path = Path(run_dir) / FILES["config"]
-    try:
-        return read_json(path)
-    except FileNotFoundError as exc:
-        raise UserError(f"{Path(run_dir)} is not a run folder: it has no config.json.") from exc
-    except (OSError, ValueError) as exc:
-        raise UserError(f"The run's config.json cannot be read ({exc}).") from exc
-
-
-def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """metrics.json as a dict ({} while the run has none yet)."""
-    try:
-        return read_json(Path(run_dir) / FILES["metrics"])
-    except (OSError, ValueError):
-        return {}
-
-
-def read_run_config(run_dir: str | Path) -> tuple[dict[str, Any], list[str], int]:
-    """A run's config, classes (the model's output order) and input size, checked; UserError in
-    plain words for a missing folder, a missing or broken config.json, no classes or a bad size."""
-    run_dir = Path(run_dir).expanduser()
-    if not run_dir.exists():
-        raise UserError(f"The run folder {run_dir} does not exist.")
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} is a file, not a run folder.")
-    config_path = run_dir / FILES["config"]
-    if not config_path.is_file():
-        raise UserError(f"{run_dir} is not a run folder: it has no config.json.")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        if not isinstance(config, dict):
-            raise ValueError("not an object")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"The run's config.json cannot be read ({exc}).") from exc
-    classes = config.get("classes")
-    if not classes and (run_dir / FILES["classes"]).is_file():
-        text = (run_dir / FILES["classes"]).read_text(encoding="utf-8")
-        classes = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not isinstance(classes, list) or len(classes) < 1:
-        raise UserError(f"The run in {run_dir} does not list its classes (config.json 'classes').")
-    try:
-        size = int(config.get("image_size"))
-        if not 8 <= size <= 2048:
-            raise ValueError(size)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"The run in {run_dir} has no valid image size (config.json 'image_size').") from exc
-    return config, [str(c) for c in classes], size
-
-
-def read_classes(run_dir: str | Path) -> list[str]:
-    """The class ids in the model's output order (config.json, else classes.txt)."""
-    classes = read_config(run_dir).get("classes")
-    if isinstance(classes, list) and classes:
-        return [str(c) for c in classes]
-    path = Path(run_dir) / FILES["classes"]
-    if path.is_file():
-        return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    raise UserError(f"The run in {run_dir} does not list its classes.")
+def append_log(run_dir: str | Path, line: str) -> None:
+    """Append timestamped lines to log.txt (one O_APPEND write: lines never interleave)."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    text = "".join(f"{stamp} {part}\n" for part in str(line).splitlines() or [""])
+    with contextlib.suppress(OSError):
+        files.append_line(Path(run_dir) / RUN_FILES["log"], text)
 
 
 def read_history(run_dir: str | Path):
     """history.csv as a DataFrame (empty, with the usual columns, while there is none)."""
     import pandas as pd
 
-    path = Path(run_dir) / FILES["history"]
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(Path(run_dir) / RUN_FILES["history"])
     except (OSError, ValueError):
         return pd.DataFrame(columns=list(HISTORY_COLUMNS))
 
@@ -452,23 +549,7 @@ def write_history(run_dir: str | Path, rows: list[dict[str, Any]]) -> None:
             else:
                 cells.append(str(value))
         lines.append(",".join(cells))
-    write_atomic(Path(run_dir) / FILES["history"], "\n".join(lines) + "\n")
-
-
-def load_model(run_dir: str | Path) -> Any:
-    """The run's Keras model, checked first (lib.safety: only Keras and lib.layers classes, no Lambda),
-    so a run copied or uploaded from elsewhere can't run code when it is opened."""
-    from lib import safety
-
-    path = Path(run_dir) / FILES["model"]
-    if not path.is_file():
-        state = read_status(run_dir).get("state")
-        detail = f" (its state is {state})" if state and state not in ("finished", "unknown") else ""
-        raise UserError(f"The run in {Path(run_dir)} has no saved model{detail}.")
-    try:
-        return safety.safe_load_model(path)
-    except UserError as exc:
-        raise UserError(f"The model of run {Path(run_dir).name} cannot be used: {exc}") from exc
+    files.write_atomic(Path(run_dir) / RUN_FILES["history"], "\n".join(lines) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -483,9 +564,10 @@ def rename_run(run_dir: str | Path, name: str) -> str:
         raise UserError("A run name can't be empty.")
     if len(clean) > MAX_NAME:
         raise UserError(f"A run name can be at most {MAX_NAME} characters long.")
-    config = read_config(run_dir)
+    run = open_run(run_dir, need_model=False)
+    config = dict(run.config)
     config["name"] = clean
-    write_json_atomic(Path(run_dir) / FILES["config"], config)
+    files.write_json(run.path / RUN_FILES["config"], config)
     return clean
 
 
@@ -493,7 +575,7 @@ def set_note(run_dir: str | Path, text: str) -> None:
     """Replace the run's notes.md (free text the user writes about the run)."""
     if not Path(run_dir).is_dir():
         raise UserError(f"The run folder {run_dir} does not exist.")
-    write_atomic(Path(run_dir) / FILES["notes"], str(text))
+    files.write_atomic(Path(run_dir) / RUN_FILES["notes"], str(text))
 
 
 def delete_run(run_dir: str | Path) -> None:
@@ -503,7 +585,7 @@ def delete_run(run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"The run folder {run_dir} does not exist.")
-    if not any((run_dir / FILES[k]).exists() for k in ("config", "status")):
+    if not any((run_dir / RUN_FILES[k]).exists() for k in ("config", "status")):
         raise UserError(
             f"{run_dir} does not look like a run folder (no config.json or status.json); not deleted."
         )
@@ -516,7 +598,7 @@ def delete_run(run_dir: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Shipped runs
+# Where runs live
 # ----------------------------------------------------------------------------------------------
 
 
@@ -527,18 +609,6 @@ def resolve_data_dir(value: str | Path | None) -> str | None:
         return None
     path = Path(value).expanduser()
     return str(path if path.is_absolute() else settings.ROOT / path)
-
-
-def writable_dir(path: str | Path) -> bool:
-    """Whether files can be created in `path` (creating it if needed), tested by really writing."""
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(tmp)
-        return True
-    except OSError:
-        return False
 
 
 def is_shipped(run_dir: str | Path) -> bool:

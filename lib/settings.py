@@ -57,10 +57,6 @@ def sample_dir() -> Path:
     return ROOT / "data" / "sample"
 
 
-def bundled_weights() -> Path:
-    return ROOT / "weights" / "mobilenet_v2_1.0_160_no_top.weights.h5"
-
-
 def max_concurrent_jobs() -> int:
     """Training jobs that may run at once; the rest wait in a queue with a visible position."""
     return _int("STUDIO_MAX_JOBS", 1)
@@ -111,6 +107,11 @@ def workspace_ttl_hours() -> float:
 def allow_model_uploads() -> bool:
     """Whether visitors may upload model or weights files (off by default when hosted)."""
     return _flag("STUDIO_ALLOW_MODEL_UPLOADS", not hosted())
+
+
+def max_loaded_models() -> int:
+    """Models kept loaded in memory at once (shared by every page and visitor; the oldest leaves)."""
+    return _int("STUDIO_MAX_LOADED_MODELS", 2 if hosted() else 3)
 
 
 def max_model_mb() -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from lib import runs, settings
 from lib.errors import UserError
+from lib.vocab import ACTIVE_STATES
 
 TOKEN_BYTES = 18  # 24 URL-safe characters, 144 random bits
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,64}")
@@ -139,8 +140,7 @@ def _has_live_job(root: Path) -> bool:
     for run_dir in (root / RUNS).iterdir() if (root / RUNS).is_dir() else ():
         if not run_dir.is_dir():
             continue
-        status = runs.read_status(run_dir)
-        if status.get("state") in runs.ACTIVE_STATES and runs.process_alive(status):
+        if runs.read_run(run_dir).state in ACTIVE_STATES:
             return True
     return False
 
@@ -193,8 +193,7 @@ def cleanup_if_due(every_seconds: float = 600.0) -> list[str]:
 
 def finished_runs(token: str) -> list[Path]:
     """The workspace's finished runs with a model, newest first."""
-    infos = runs.list_runs(runs_dir(token))
-    return [i.path for i in infos if i.state == "finished" and i.has_model and not i.damaged]
+    return [r.path for r in runs.list_runs(runs_dir(token)) if r.usable]
 
 
 def runs_zip(token: str) -> bytes:

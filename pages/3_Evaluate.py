@@ -3,49 +3,42 @@ click away from the images behind it."""
 
 import streamlit as st
 
-from lib import cache, charts, evaluation, report, runs, settings
+from lib import settings
 from lib.errors import UserError
+from lib.evaluate import predictions as preds
+from lib.evaluate.compare import compare_runs
+from lib.evaluate.metrics import metrics_from_predictions, per_class_table
+from lib.evaluate.report import write_report
+from lib.runs import public_config
 from lib.text import md_escape, plural, readable_label
+from lib.ui import cached, charts, widgets
 
-st.set_page_config(page_title="Evaluate · Image classifier studio", page_icon="🔍", layout="wide")
-cache.sidebar()
 st.title("3 · Evaluate")
-
-finished = cache.finished_runs()
-if not finished:
-    st.info("No trained model yet. Train one on the **2 · Train** page, then come back here.")
-    st.page_link("pages/2_Train.py", label="Go to 2 · Train", icon="🏋️")
-    st.stop()
 
 # --- what to evaluate ---------------------------------------------------------------------------
 left, right = st.columns([3, 2])
-labels = {info.path: cache.run_label(info) for info in finished}
-run_dir = left.selectbox("Model", list(labels), format_func=lambda p: labels[p], key="eval_run")
-split_options = ["test", "validation", "train"]
-if settings.allow_server_folders():
-    split_options.append("another folder")
-split = right.radio("Images", split_options, horizontal=True, key="eval_split")
-data_dir = None
-if split == "another folder":
-    folder = right.text_input("Folder with one sub-folder per class", key="eval_folder")
-    if not folder:
-        st.info("Type the path of a folder whose sub-folders are named like the model's classes.")
-        st.stop()
-    split, data_dir = folder, None
-
+with left:
+    run = widgets.run_picker("eval_run")
+split = right.radio(
+    "Images", preds.split_choices(settings.allow_server_folders()), horizontal=True, key="eval_split"
+)
+if split == preds.ANOTHER_FOLDER:
+    split = right.text_input("Folder with one sub-folder per class", key="eval_folder")
+    if not split:
+        widgets.stop_with("Type the path of a folder whose sub-folders are named like the model's classes.")
 try:
     with st.spinner("Predicting every image (only the first time)…"):
-        df = cache.predictions(str(run_dir), data_dir, split)
+        df = cached.predictions(run, None, split)
 except UserError as exc:
     st.error(str(exc))
     st.stop()
 if df.empty:
-    st.warning("There are no images in this split.")
-    st.stop()
-
-classes = runs.read_classes(run_dir)
-n = len(classes)
-metrics = evaluation.metrics_from_predictions(df, classes)
+    widgets.stop_with("There are no images in this split.")
+classes = run.classes
+labels = [readable_label(c) for c in classes]
+metrics = metrics_from_predictions(df, classes)
+root = preds.data_root(run, None, preds.normalize_split(split))
+shown_root = root if settings.hosted() else None  # hosted: paths relative to the dataset
 
 # --- summary --------------------------------------------------------------------------------------
 st.subheader("Summary")
@@ -59,24 +52,18 @@ c4.metric(
     f"{metrics['accuracy']:.1%}",
     delta=f"{(metrics['accuracy'] - base['accuracy']) * 100:+.1f} points vs always '{readable_label(base['class'])}'",
 )
-if metrics.get("top_k_accuracy"):
+if metrics["top_k_accuracy"]:
     st.caption(" · ".join(f"top-{k} accuracy {v:.1%}" for k, v in metrics["top_k_accuracy"].items()))
-missed = [m for m in metrics["most_missed"] if m["count"] > 0]
-if missed:
+if metrics["most_missed"]:
     st.markdown(
         "**Most missed:** "
         + "; ".join(
             f"{md_escape(readable_label(m['actual']))} predicted as {md_escape(readable_label(m['predicted']))}: {m['count']}"
-            for m in missed[:5]
+            for m in metrics["most_missed"][:5]
         )
     )
-
-per_class = evaluation.per_class_metrics(
-    evaluation.confusion_matrix(df["actual"], df["predicted"], classes), classes
-)
-per_class.insert(1, "label", [readable_label(c) for c in per_class["class"]])
 st.dataframe(
-    per_class[["label", "precision", "recall", "f1", "support"]],
+    per_class_table(metrics, labels)[["label", "precision", "recall", "f1", "support"]],
     hide_index=True,
     column_config={
         "label": "class",
@@ -85,26 +72,6 @@ st.dataframe(
         "f1": st.column_config.NumberColumn("F1", format="%.3f"),
     },
 )
-
-
-def draw_gallery(rows, classes, key: str) -> None:
-    """Images in a grid of four, each with its verdict and probability bars."""
-    cols = st.columns(4)
-    for i, (_, row) in enumerate(rows.iterrows()):
-        with cols[i % 4]:
-            st.image(cache.thumbnail(row["path"]), width="stretch")
-            mark = "✅" if row["correct"] else "❌"
-            st.caption(
-                f"{mark} {md_escape(row['path'].rsplit('/', 1)[-1])} · actual "
-                f"**{md_escape(readable_label(row['actual']))}**"
-            )
-            probs = {c: float(row[evaluation.prob_column(c)]) for c in classes}
-            st.plotly_chart(
-                charts.probability_bars(probs, top=3),
-                key=f"{key}_{i}",
-                config={"displayModeBar": False, "staticPlot": True},
-            )
-
 
 # --- confusion matrix -----------------------------------------------------------------------------
 st.subheader("Confusion matrix")
@@ -119,13 +86,12 @@ def _show_all() -> None:
 
 
 normalized = st.toggle("Show shares of each row instead of counts", key="cm_normalized")
-cm = evaluation.confusion_matrix(df["actual"], df["predicted"], classes)
 st.caption(
     "Rows: the actual class. Columns: what the model said. **Click a cell** to see exactly those images."
 )
 with st.container(key="confusion_matrix"):
     event = st.plotly_chart(
-        charts.confusion_matrix(cm, classes, normalized=normalized),
+        charts.confusion_matrix(metrics["confusion_matrix"], classes, normalized=normalized),
         on_select="rerun",
         selection_mode="points",
         key=f"cm_{st.session_state.get('cm_version', 0)}",
@@ -134,8 +100,7 @@ with st.container(key="confusion_matrix"):
     )
 points = (event.selection or {}).get("points", []) if event else []
 if points:
-    point = points[0].get("point_number", points[0].get("point_index"))
-    cell = charts.cell_of_point(point, n)
+    cell = charts.cell_of_point(points[0].get("point_number", points[0].get("point_index")), len(classes))
     if st.session_state.get("cm_cell") != cell:
         st.session_state["cm_cell"] = cell
         st.session_state["f_actual"] = [classes[cell[0]]]
@@ -147,17 +112,17 @@ st.subheader("Predictions")
 f1, f2, f3 = st.columns(3)
 actual_sel = f1.multiselect("Actual class", classes, format_func=readable_label, key="f_actual")
 pred_sel = f2.multiselect("Predicted class", classes, format_func=readable_label, key="f_predicted")
-correct_sel = f3.radio("Verdict", ["all", "correct", "incorrect"], horizontal=True, key="f_correct")
+correct_sel = f3.radio("Verdict", list(preds.VERDICT_FILTERS), horizontal=True, key="f_correct")
 f4, f5, f6 = st.columns([2, 2, 1])
 conf_range = f4.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.01, key="f_conf")
 text = f5.text_input("File name contains", key="f_text")
 f6.button("Show all images", on_click=_show_all, width="stretch")
 
-view = evaluation.filter_predictions(
+view = preds.filter_predictions(
     df,
     actual=actual_sel,
     predicted=pred_sel,
-    correct={"all": None, "correct": True, "incorrect": False}[correct_sel],
+    correct=preds.VERDICT_FILTERS[correct_sel],
     confidence=conf_range,
     text=text,
 )
@@ -169,11 +134,8 @@ if st.session_state.get("cm_cell") and actual_sel and pred_sel:
     )
 else:
     st.caption(f"{plural(len(view), 'image')} of {len(df):,}.")
-table = cache.prediction_table(view)
-if settings.hosted():
-    table = table.drop(columns=["path"])  # no server paths on a public demo
 st.dataframe(
-    table,
+    cached.prediction_table(view, shown_root),
     hide_index=True,
     key="pred_table",
     column_config={
@@ -186,54 +148,53 @@ st.dataframe(
 )
 st.download_button(
     "⬇️ Download these rows (CSV)",
-    evaluation.predictions_csv(view, classes),
-    file_name=f"predictions-{run_dir.name}-{len(view)}.csv",
+    preds.predictions_csv(view, classes, root=shown_root),
+    file_name=f"predictions-{run.id}-{len(view)}.csv",
     mime="text/csv",
 )
 
 # --- galleries ------------------------------------------------------------------------------------
 st.subheader("Mistakes, most confident first")
-mistakes = view[~view["correct"]].sort_values("confidence", ascending=False)
+mistakes = preds.confident_mistakes(view, limit=12)
 if mistakes.empty:
     st.markdown("No mistakes among these images. 🎉")
 else:
-    draw_gallery(mistakes.head(12), classes, "mistake")
-
+    widgets.gallery(mistakes, classes, "mistake")
 with st.expander("Random samples with their probabilities"):
-    draw_gallery(view.sample(n=min(8, len(view)), random_state=1), classes, "sample")
+    widgets.gallery(view.sample(n=min(8, len(view)), random_state=1), classes, "sample")
 
 # --- the run itself -------------------------------------------------------------------------------
 st.subheader("Training")
-history = runs.read_history(run_dir)
-if history is not None and len(history):
+history = cached.history(run)
+if len(history):
     st.plotly_chart(charts.training_curves(history), key="curves")
-summary = cache.model_summary(str(run_dir))
+summary = cached.model_summary(run)
 st.markdown(
-    f"**{md_escape(summary.get('base', ''))}** at {summary.get('input_size')} px · "
-    f"{summary.get('parameters', 0):,} parameters ({summary.get('trainable_parameters', 0):,} trained) · "
-    f"{summary.get('layers', 0)} layers · {summary.get('size_mb', 0):.1f} MB on disk"
+    f"**{md_escape(summary['base'])}** at {summary['input_size']} px · "
+    f"{summary['parameters']:,} parameters ({summary['trainable_parameters']:,} trained) · "
+    f"{summary['layers']} layers · {summary['size_mb']:.1f} MB on disk"
 )
 with st.expander("Settings of this run"):
-    shown = runs.read_config(run_dir)
-    if settings.hosted():  # no server paths on a public demo
-        shown = {k: v for k, v in shown.items() if k not in ("data_dir", "dataset")}
-    st.json(shown)
+    st.json(public_config(run, hosted=settings.hosted()))
 
 # --- compare --------------------------------------------------------------------------------------
-others = [p for p in labels if p != run_dir]
+others = [r for r in widgets.usable_runs() if r.path != run.path]
 if others:
     st.subheader("Compare with other runs")
-    chosen = st.multiselect("Runs", others, format_func=lambda p: labels[p], key="compare_runs")
+    by_path = {str(r.path): r for r in others}
+    chosen = st.multiselect(
+        "Runs", list(by_path), format_func=lambda p: by_path[p].label(), key="compare_runs"
+    )
     if chosen:
-        frames = {run_dir.name: df}
+        frames = {run.id: df}
         try:
-            for other in chosen:
-                frames[other.name] = cache.predictions(str(other), data_dir, split)
+            for path in chosen:
+                frames[by_path[path].id] = cached.predictions(by_path[path], None, split)
         except UserError as exc:
             st.error(str(exc))
         else:
-            table_cmp, diff = evaluation.compare_runs(frames)
-            st.dataframe(table_cmp, hide_index=True)
+            table, diff = compare_runs(frames)
+            st.dataframe(table, hide_index=True)
             st.caption(f"{plural(len(diff), 'image')} where the verdicts differ:")
             st.dataframe(diff, hide_index=True)
 
@@ -243,21 +204,15 @@ st.caption(
     "A self-contained file with the summary, matrix, per-class table and mistakes; also saved next to the run."
 )
 if st.button("Make the report"):
-    result = evaluation.EvaluationResult(
-        predictions=df, metrics=metrics, classes=classes, run_dir=run_dir, split=split
+    result = preds.EvaluationResult(
+        predictions=df, metrics=metrics, classes=classes, run=run, split=split, data_dir=root
     )
     try:
-        paths = report.write_report(result)
+        st.session_state["report_paths"] = {k: str(v) for k, v in write_report(result).items()}
     except UserError as exc:
         st.error(str(exc))
-    else:
-        st.session_state["report_paths"] = {k: str(v) for k, v in paths.items()}
 paths = st.session_state.get("report_paths")
 if paths:
     d1, d2 = st.columns(2)
-    d1.download_button(
-        "⬇️ report.html", open(paths["html"], "rb").read(), file_name=f"report-{run_dir.name}.html"
-    )
-    d2.download_button(
-        "⬇️ report.md", open(paths["markdown"], "rb").read(), file_name=f"report-{run_dir.name}.md"
-    )
+    d1.download_button("⬇️ report.html", open(paths["html"], "rb").read(), file_name=f"report-{run.id}.html")
+    d2.download_button("⬇️ report.md", open(paths["markdown"], "rb").read(), file_name=f"report-{run.id}.md")

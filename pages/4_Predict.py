@@ -2,28 +2,21 @@
 
 import streamlit as st
 
-from lib import cache, charts, export, gradcam, prediction, settings
+from lib import settings
 from lib.errors import UserError
+from lib.serve import export, gradcam
+from lib.serve import predict as prediction
 from lib.text import md_escape, plural
+from lib.ui import cached, charts, widgets
 
-st.set_page_config(page_title="Predict · Image classifier studio", page_icon="📷", layout="wide")
-cache.sidebar()
+SHOWN, HEAT_MAPS = 24, 12
+
 st.title("4 · Predict")
 
-finished = cache.finished_runs()
-if not finished:
-    st.info("There is no trained model yet. Train one on the **2 · Train** page, then come back.")
-    st.page_link("pages/2_Train.py", label="Go to 2 · Train", icon="🏋️")
-    st.stop()
-
-labels = {info.path: cache.run_label(info) for info in finished}
-paths = list(labels)
-run_dir = st.selectbox(
-    "Model", paths, index=cache.best_run_index(finished), format_func=lambda p: labels[p], key="p_run"
-)
+run = widgets.run_picker("p_run", preselect="best")
 try:
     with st.spinner("Loading the model…"):
-        model = cache.predictor(run_dir)
+        model = cached.model(run)
 except UserError as exc:
     st.error(str(exc))
     st.stop()
@@ -55,26 +48,21 @@ photo = (
     if st.toggle("Use the camera", key="p_cam_on")
     else None
 )
-
 items = [(f.name, f.getvalue()) for f in files or []]
 if photo is not None:
     items.append(("camera photo", photo.getvalue()))
+
 if not items:
     st.info("Add one or more photos above to see what the model thinks.")
 else:
     with st.spinner(f"Looking at {plural(len(items), 'file')}…"):
-        results = prediction.predict_images(
-            model, items, model.size, model.classes, unsure_threshold=threshold
-        )
+        results = prediction.predict_images(model, items, unsure_threshold=threshold)
     good = [r for r in results if r.ok]
     if len(results) > 1:
+        failed = len(results) - len(good)
         st.markdown(
             f"{plural(len(good), 'photo')} judged"
-            + (
-                f", {plural(len(results) - len(good), 'file')} could not be used"
-                if len(good) < len(results)
-                else ""
-            )
+            + (f", {plural(failed, 'file')} could not be used" if failed else "")
             + "."
         )
         st.dataframe(prediction.results_frame(results, model.classes), hide_index=True)
@@ -84,14 +72,13 @@ else:
             file_name="predictions.csv",
             mime="text/csv",
         )
-    SHOWN = 24
     for n, r in enumerate(results[:SHOWN]):
         with st.container(border=True):
             if not r.ok:
                 st.error(f"**{md_escape(r.name)}**: {md_escape(r.error)}")
                 continue
             left, right = st.columns([1, 1])
-            if show_heat and n < 12:
+            if show_heat and n < HEAT_MAPS:
                 heat = gradcam.gradcam(model, r.image, model.classes.index(r.predicted))
                 left.image(
                     gradcam.overlay(r.image, heat),
@@ -119,7 +106,7 @@ with st.expander("Download this model (for a phone, a server or another app)"):
     if st.button("Prepare the download", key="p_export"):
         try:
             with st.spinner("Exporting and checking…"):
-                st.session_state["p_export_result"] = export.export_run(run_dir, fmt, predictor=model)
+                st.session_state["p_export_result"] = export.export_run(run.path, fmt)
         except UserError as exc:
             st.error(str(exc))
     result = st.session_state.get("p_export_result")
@@ -127,8 +114,7 @@ with st.expander("Download this model (for a phone, a server or another app)"):
         check = result.parity
         st.markdown(
             f"Agrees with the app on **{check.get('agreed')} of {check.get('images')}** images "
-            f"(largest probability difference {check.get('max_abs_diff', 0):.1e}). "
-            f"{result.size_bytes / 1e6:.1f} MB."
+            f"(largest probability difference {check.get('max_abs_diff', 0):.1e}). {result.size_bytes / 1e6:.1f} MB."
         )
         st.download_button(
             f"⬇️ {result.file_name}",

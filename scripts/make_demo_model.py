@@ -30,17 +30,17 @@ STRAY = ("predictions", "exports", "worker.log", "cancel.request")
 
 def _relative_paths(run_dir: Path) -> None:
     """Store the dataset as data/sample (relative to the repository) in config.json and log.txt."""
-    from lib import runs
+    from lib import files, runs
 
-    config = runs.read_config(run_dir)
+    config = runs.read_run(run_dir).config
     config["data_dir"] = DATA_REL
     config["name"] = NAME
     if isinstance(config.get("dataset"), dict):
         config["dataset"]["root"] = DATA_REL
-    runs.write_json_atomic(run_dir / "config.json", config)
+    files.write_json(run_dir / "config.json", config)
     log = run_dir / "log.txt"
     if log.is_file():
-        runs.write_atomic(log, log.read_text(encoding="utf-8").replace(str(ROOT) + os.sep, ""))
+        files.write_atomic(log, log.read_text(encoding="utf-8").replace(str(ROOT) + os.sep, ""))
     leftover = [p.name for p in run_dir.iterdir() if p.is_file() and str(ROOT) in _text(p)]
     if leftover:
         raise SystemExit(f"absolute paths left in {leftover}")
@@ -159,32 +159,35 @@ def main(argv: list[str] | None = None) -> int:
     cache = tempfile.mkdtemp(prefix="demo-cache-")
     os.environ["STUDIO_CACHE_DIR"] = cache  # a fresh feature cache: the rebuild doesn't depend on old files
 
-    from lib import evaluation, runs, safety, settings, training
+    from lib import files, runs, settings
+    from lib.evaluate.predictions import evaluate
+    from lib.models import safety
+    from lib.train.config import TrainConfig
+    from lib.train.recipe import train
 
     try:
         previous = (
             [p for p in out.iterdir() if p.is_dir() and (p / "config.json").exists()] if out.is_dir() else []
         )
-        config = training.TrainConfig(
+        config = TrainConfig(
             data_dir=str(settings.sample_dir()), weights="bundled", seed=args.seed, epochs=args.epochs
         )
         run_dir = runs.create_run(out, config)
         print(f"Training into {run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir} …")
         runs.write_status(run_dir, "running", pid=os.getpid(), progress={"phase": "starting"})
-        try:
-            metrics = training.train(config, run_dir)
-        except BaseException as exc:
-            runs.write_status(run_dir, "failed", reason=str(exc)[:300])
-            raise
-        runs.write_status(run_dir, "finished")
+        metrics: dict = {}
+        with runs.recording_status(run_dir) as outcome:
+            metrics = train(config, run_dir)
+        if outcome.state != "finished":
+            raise SystemExit(f"training {outcome.state}: {outcome.reason}")
         _relative_paths(run_dir)
         safety.safe_load_model(run_dir / "model.keras")  # the shipped file passes the upload checks
 
-        result = evaluation.evaluate(run_dir, settings.sample_dir(), "test")
+        result = evaluate(run_dir, settings.sample_dir(), "test")
         ev = result.metrics
-        card = model_card(run_dir, metrics, ev, runs.read_config(run_dir))
-        runs.write_atomic(out / "MODEL_CARD.md", card)
-        runs.write_atomic(run_dir / "notes.md", "The shipped demo model: see demo/MODEL_CARD.md.\n")
+        card = model_card(run_dir, metrics, ev, runs.read_run(run_dir).config)
+        files.write_atomic(out / "MODEL_CARD.md", card)
+        files.write_atomic(run_dir / "notes.md", "The shipped demo model: see demo/MODEL_CARD.md.\n")
         summary = {
             "run": run_dir.name,
             "val_accuracy": metrics["val_accuracy"],

@@ -65,17 +65,17 @@ def sample_run(tmp_path_factory) -> Path:
     """
     import os
 
-    from lib import runs, settings, training
+    from lib import runs, settings
+    from lib.train.config import TrainConfig
+    from lib.train.recipe import train
 
     home = tmp_path_factory.mktemp("sample-run")
     old = os.environ.get("STUDIO_CACHE_DIR")
     os.environ["STUDIO_CACHE_DIR"] = str(home / "cache")
     try:
-        config = training.TrainConfig(
-            data_dir=str(settings.sample_dir()), weights="bundled", epochs=15, seed=1
-        )
+        config = TrainConfig(data_dir=str(settings.sample_dir()), weights="bundled", epochs=15, seed=1)
         run_dir = runs.create_run(home / "models", config)
-        training.train(config, run_dir)
+        train(config, run_dir)
         runs.write_status(run_dir, "finished")
     finally:
         if old is None:

@@ -1,48 +1,23 @@
-"""The runs store: atomic writes, listing that survives broken folders, status transitions,
-renaming/notes/deleting, and a run folder that opens after being copied elsewhere."""
+"""lib.runs: the Run record, listing that survives broken folders, status transitions and the one
+status recorder, process identity (PID and start time), renaming/notes/deleting."""
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 import re
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from lib import runs
-from lib.errors import UserError
+from lib import files, runs, vocab
+from lib.errors import Cancelled, UserError
 
 
 def _config(base="MobileNetV2"):
     return {"data_dir": "/data", "base": base, "image_size": 96, "classes": ["a", "b"]}
-
-
-def test_write_atomic_replaces_whole_files_and_leaves_no_temp_files(tmp_path):
-    target = tmp_path / "sub" / "file.json"
-    runs.write_json_atomic(target, {"a": 1, "p": tmp_path})
-    assert json.loads(target.read_text()) == {"a": 1, "p": str(tmp_path)}
-    runs.write_atomic(target, b"new")
-    assert target.read_bytes() == b"new"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["file.json"]
-    assert oct(target.stat().st_mode & 0o777) != oct(0o600)  # readable like any other file
-
-
-def test_a_failed_write_keeps_the_old_content(tmp_path, monkeypatch):
-    target = tmp_path / "status.json"
-    runs.write_atomic(target, "old")
-
-    def boom(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(runs.os, "replace", boom)
-    with pytest.raises(OSError):
-        runs.write_atomic(target, "new")
-    assert target.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
 
 
 def test_create_run_makes_a_unique_timestamped_folder(tmp_path):
@@ -50,7 +25,7 @@ def test_create_run_makes_a_unique_timestamped_folder(tmp_path):
     second = runs.create_run(tmp_path / "models", _config())
     assert first != second
     assert re.fullmatch(r"\d{8}-\d{6}-MobileNetV2(-\d+)?", first.name)
-    config = runs.read_config(first)
+    config = runs.read_run(first).config
     assert config["base"] == "MobileNetV2" and config["name"] == first.name
     assert runs.read_status(first)["state"] == "queued"
     assert (first / "notes.md").read_text() == ""
@@ -83,7 +58,7 @@ def test_a_running_run_whose_process_died_lists_as_interrupted(tmp_path):
 
 def test_list_runs_marks_broken_folders_instead_of_failing(tmp_path):
     good = runs.create_run(tmp_path, _config())
-    runs.write_json_atomic(good / "metrics.json", {"val_accuracy": 0.9, "test_accuracy": 0.8})
+    files.write_json(good / "metrics.json", {"val_accuracy": 0.9, "test_accuracy": 0.8})
     broken = tmp_path / "20200101-000000-Broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
@@ -94,7 +69,7 @@ def test_list_runs_marks_broken_folders_instead_of_failing(tmp_path):
     (tmp_path / ".deleting-x").mkdir()  # hidden folders are not runs
     (tmp_path / "stray.txt").write_text("x")
 
-    infos = {i.run_id: i for i in runs.list_runs(tmp_path)}
+    infos = {i.id: i for i in runs.list_runs(tmp_path)}
     assert set(infos) == {good.name, broken.name, empty.name, no_model.name}
     assert infos[good.name].damaged is None
     assert infos[good.name].val_accuracy == 0.9 and infos[good.name].test_accuracy == 0.8
@@ -107,7 +82,7 @@ def test_list_runs_marks_broken_folders_instead_of_failing(tmp_path):
 def test_rename_note_and_delete(tmp_path):
     run = runs.create_run(tmp_path, _config())
     assert runs.rename_run(run, "  Beans,\n first try ") == "Beans, first try"
-    assert runs.read_config(run)["name"] == "Beans, first try"
+    assert runs.read_run(run).config["name"] == "Beans, first try"
     assert run.is_dir()  # the folder keeps its id
     with pytest.raises(UserError):
         runs.rename_run(run, "   ")
@@ -152,42 +127,10 @@ def test_history_round_trip(tmp_path):
     ]
     runs.write_history(tmp_path, rows)
     df = runs.read_history(tmp_path)
-    assert list(df.columns) == list(runs.HISTORY_COLUMNS)
+    assert list(df.columns) == list(vocab.HISTORY_COLUMNS)
     assert df["phase"].tolist() == ["head", "fine-tune"]
     assert np.isnan(df["val_loss"][1])
     assert runs.read_history(tmp_path / "missing").empty
-
-
-def test_a_copied_run_loads_its_model_and_lambda_models_are_refused(tmp_path):
-    import keras
-
-    from lib import models
-
-    run = runs.create_run(tmp_path / "a", _config("ResNet50"))
-    spec = models.get_base("SmallCNN")
-    model = models.build_classifier(spec, 32, models.build_base("SmallCNN", 32, "none"), 2, models.HeadSpec())
-    # A custom layer too, so loading needs lib.layers registered.
-    from lib.layers import CaffePreprocess
-
-    inputs = keras.Input((None, None, 3))
-    wrapped = keras.Model(inputs, model(CaffePreprocess()(inputs)))
-    wrapped.save(run / "model.keras")
-    pixels = np.random.default_rng(0).integers(0, 256, (1, 40, 40, 3)).astype("float32")
-    expected = wrapped.predict(pixels, verbose=0)
-
-    copy = tmp_path / "elsewhere" / run.name
-    shutil.copytree(run, copy)
-    shutil.rmtree(run)
-    loaded = runs.load_model(copy)
-    np.testing.assert_allclose(loaded.predict(pixels, verbose=0), expected, atol=1e-6)
-
-    lam = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2.0)(inputs))
-    lam.save(copy / "model.keras")
-    with pytest.raises(UserError, match="cannot be loaded|Lambda"):
-        runs.load_model(copy)
-    (copy / "model.keras").unlink()
-    with pytest.raises(UserError, match="no saved model"):
-        runs.load_model(copy)
 
 
 def test_progress_writer_throttles_but_keeps_phase_changes(tmp_path):
@@ -204,12 +147,116 @@ def test_progress_writer_throttles_but_keeps_phase_changes(tmp_path):
 
 
 def test_create_run_resolves_a_train_config_and_refuses_a_bad_one(tmp_path):
-    from lib.training import TrainConfig
+    from lib.train.config import TrainConfig
 
     run = runs.create_run(tmp_path, TrainConfig(data_dir="/d", base="efficientnetb0"))
-    config = runs.read_config(run)
+    config = runs.read_run(run).config
     assert config["base"] == "EfficientNetB0" and config["image_size"] == 224
     assert TrainConfig.from_json((run / "config.json").read_text()).base == "EfficientNetB0"
     with pytest.raises(UserError, match="Unknown base"):
         runs.create_run(tmp_path / "other", TrainConfig(data_dir="/d", base="VGG16"))
     assert not (tmp_path / "other").exists()
+
+
+def test_the_run_record_reads_everything_once(tmp_path):
+    run_dir = runs.create_run(tmp_path, {**_config(), "name": "Beans"})
+    files.write_json(run_dir / "metrics.json", {"val_accuracy": 0.75, "test_accuracy": None})
+    runs.write_status(run_dir, "finished")
+    (run_dir / "model.keras").write_bytes(b"x")
+    run = runs.read_run(run_dir)
+    assert (run.id, run.name, run.base, run.image_size, run.classes) == (
+        run_dir.name,
+        "Beans",
+        "MobileNetV2",
+        96,
+        ["a", "b"],
+    )
+    assert run.state == "finished" and run.usable and run.val_accuracy == 0.75 and run.test_accuracy is None
+    assert run.data_dir == "/data" and run.model_path == run_dir / "model.keras"
+    assert "Beans · MobileNetV2" in run.label() and "val 75.0%" in run.label()
+    assert runs.open_run(run_dir).classes == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: None, "does not exist"),
+        (lambda d: d.write_text("x"), "is a file"),
+        (lambda d: d.mkdir(), "has no config.json"),
+        (lambda d: (d.mkdir(), (d / "config.json").write_text("{")), "cannot be read"),
+        (
+            lambda d: (d.mkdir(), (d / "config.json").write_text('{"image_size": 96}')),
+            "does not list its classes",
+        ),
+        (
+            lambda d: (d.mkdir(), (d / "config.json").write_text('{"classes": ["a"], "image_size": "x"}')),
+            "no valid image size",
+        ),
+        (
+            lambda d: (d.mkdir(), (d / "config.json").write_text('{"classes": ["a"], "image_size": 96}')),
+            "no saved model",
+        ),
+    ],
+)
+def test_open_run_says_why_a_folder_cannot_be_used(tmp_path, make, message):
+    target = tmp_path / "run"
+    make(target)
+    with pytest.raises(UserError, match=message):
+        runs.open_run(target)
+
+
+def test_a_reused_pid_is_not_the_worker(tmp_path):
+    run = runs.create_run(tmp_path, _config())
+    runs.write_status(run, "running", pid=os.getpid())
+    status = runs.read_status(run)
+    assert status["pid_started"] is not None and runs.process_alive(status)
+    # The same PID with another start time: a process that got the PID after a restart.
+    assert not runs.process_alive({**status, "pid_started": status["pid_started"] - 3600})
+    assert runs.read_run(run).state == "running"
+    files.write_json(run / "status.json", {**status, "pid_started": status["pid_started"] - 3600})
+    assert runs.read_run(run).state == "interrupted"
+
+
+@pytest.mark.parametrize(
+    "error, state, kind, reason",
+    [
+        (None, "finished", "", ""),
+        (Cancelled(), "cancelled", "cancelled", "Cancelled by the user."),
+        (KeyboardInterrupt(), "cancelled", "cancelled", "Interrupted from the keyboard."),
+        (UserError("The folder is empty."), "failed", "user", "The folder is empty."),
+        (MemoryError(), "failed", "memory", runs.OUT_OF_MEMORY),
+        (RuntimeError("OOM when allocating tensor"), "failed", "memory", runs.OUT_OF_MEMORY),
+        (OSError(errno.ENOSPC, "No space left on device"), "failed", "disk", runs.DISK_FULL),
+        (ValueError("bad shape\nmore"), "failed", "error", "Training stopped with an error: bad shape"),
+    ],
+)
+def test_recording_status_maps_every_outcome_in_one_place(tmp_path, error, state, kind, reason):
+    run = runs.create_run(tmp_path, _config())
+    with runs.recording_status(run) as outcome:
+        if error is not None:
+            raise error
+    status = runs.read_status(run)
+    assert status["state"] == outcome.state == state and status["kind"] == kind
+    assert status["reason"].startswith(reason) and status["pid"] is None
+    assert (outcome.error is None) == (state in ("finished", "cancelled"))
+    if kind == "error":
+        assert (
+            "ValueError: bad shape" in (run / "worker.log").read_text()
+        )  # the traceback, for people who debug
+
+
+def test_best_run_prefers_your_own_and_the_output_dir_of_a_shipped_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_DEMO_DIR", str(tmp_path / "demo"))
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    mine = []
+    for acc in (0.7, 0.9, 0.8):
+        d = runs.create_run(tmp_path / "models", _config())
+        files.write_json(d / "metrics.json", {"val_accuracy": acc})
+        mine.append(runs.read_run(d))
+    demo = runs.create_run(tmp_path / "demo", _config())
+    (demo / "model.keras").write_bytes(b"x")
+    shipped = runs.read_run(demo)
+    assert runs.best_run([shipped, *mine]).val_accuracy == 0.9
+    assert runs.best_run([shipped]) is shipped
+    assert shipped.shipped and shipped.output_dir("predictions").is_relative_to(tmp_path / "cache")
+    assert mine[0].output_dir("predictions") == mine[0].path / "predictions"

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from lib import runs, settings, workspace
+from lib import files, runs, settings, workspace
 from lib.errors import UserError
 
 
@@ -26,7 +26,7 @@ def hosted_home(tmp_path, monkeypatch):
 def _finished_run(runs_dir, name="run", model=b"fake model bytes"):
     run_dir = runs.create_run(runs_dir, {"base": "MobileNetV2", "name": name, "image_size": 160})
     (run_dir / "model.keras").write_bytes(model)
-    runs.write_json_atomic(run_dir / "metrics.json", {"val_accuracy": 0.9})
+    files.write_json(run_dir / "metrics.json", {"val_accuracy": 0.9})
     runs.write_status(run_dir, "finished")
     return run_dir
 

@@ -1,6 +1,6 @@
 """In a real browser: open the app, pick the bundled sample and see the class chart."""
 
-from conftest import save_screenshot, wait_for_app
+from tests.browser.conftest import save_screenshot, wait_for_app
 
 
 def test_pick_sample_and_see_class_chart(app_url, page, tmp_path):

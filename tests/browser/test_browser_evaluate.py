@@ -3,17 +3,18 @@
 import io
 
 import pandas as pd
-from conftest import save_screenshot, wait_for_app
 
-from lib import evaluation, runs
+from lib import runs
+from lib.evaluate import metrics, predictions
 from lib.text import readable_label
+from tests.browser.conftest import save_screenshot, wait_for_app
 
 
 def test_click_confusion_cell_filters_table_and_csv(app_url, app_home, sample_run, page):
     run_dir = app_home / "models" / sample_run.name
-    classes = runs.read_classes(run_dir)
-    df = evaluation.predict_split(run_dir, split="test")
-    cm = evaluation.confusion_matrix(df["actual"], df["predicted"], classes)
+    classes = runs.read_run(run_dir).classes
+    df = predictions.predict_split(run_dir, split="test")
+    cm = metrics.confusion_matrix(df["actual"], df["predicted"], classes)
     n = len(classes)
     # the busiest off-diagonal cell if the model makes mistakes, else the first diagonal one
     off = [(cm[i, j], i, j) for i in range(n) for j in range(n) if i != j and cm[i, j] > 0]

@@ -2,9 +2,8 @@
 
 import re
 
-from conftest import save_screenshot, wait_for_app
-
 from lib import settings
+from tests.browser.conftest import save_screenshot, wait_for_app
 
 VERDICT = re.compile(r"(% sure|Not sure: could be)")
 

@@ -1,0 +1,204 @@
+"""Where datasets come from: the bundled sample, an uploaded zip (unpacked safely), a folder on the
+server (check_folder), and the classic cats-vs-dogs download."""
+
+from __future__ import annotations
+
+import io
+import re
+import stat
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+from lib import files, settings
+from lib.data.layouts import check_folder, dataset_root
+from lib.errors import UserError
+from lib.vocab import is_archive_name
+
+CATS_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
+
+
+CATS_DOGS_FNAME = "cats_and_dogs_filtered.zip"
+
+
+def sample_dataset_dir() -> Path:
+    """The bundled sample (a downsized copy of the bean-leaf dataset, MIT licensed)."""
+    return settings.sample_dir()
+
+
+def _zip_member_name(info: zipfile.ZipInfo) -> str | None:
+    """The member's safe relative name, None for entries to skip, or UserError for unsafe ones."""
+    name = info.filename.replace("\\", "/")
+    if "\x00" in name:
+        raise UserError("The zip has a file name with a NUL character: it is not safe to unpack.")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise UserError(f"The zip has an absolute path ({info.filename}): it is not safe to unpack.")
+    parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
+    if ".." in parts:
+        raise UserError(
+            f"The zip has a path that leaves its folder ({info.filename}): it is not safe to unpack."
+        )
+    if not parts or parts[0] == "__MACOSX":
+        return None
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise UserError(f"The zip contains a symbolic link ({info.filename}), which is not allowed.")
+    if info.flag_bits & 0x1:
+        raise UserError(
+            f"The zip is password-protected ({info.filename}): zip the images without a password."
+        )
+    if not info.is_dir() and is_archive_name(parts[-1]):
+        raise UserError(
+            f"The zip contains another archive ({info.filename}): unpack it and zip the images directly."
+        )
+    return "/".join(parts)
+
+
+def extract_zip(
+    data: bytes | str | Path | BinaryIO,
+    dest_dir: str | Path,
+    *,
+    max_files: int = 100_000,
+    max_bytes: int = 5 * 1024**3,
+) -> Path:
+    """Safely unpack an uploaded zip into dest_dir and return the dataset root inside it.
+
+    Rejects paths leaving the folder, absolute paths, symlinks, nested archives, encryption and
+    more than max_files files or max_bytes unpacked bytes (counted while writing, so a lying header
+    cannot bomb the disk). Skips __MACOSX. Unpacks into a temporary sibling folder renamed into
+    place at the end, so an existing dest_dir is a complete earlier extraction and is reused.
+    """
+    dest_dir = Path(dest_dir)
+    if dest_dir.is_dir() and any(dest_dir.iterdir()):
+        return dataset_root(dest_dir)
+    source: Any = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    try:
+        archive = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError("This is not a zip file (or it is damaged): upload a .zip of image folders.") from exc
+    try:
+        with archive, files.atomic_dir(dest_dir) as tmp:
+            _unpack(archive, tmp, max_files=max_files, max_bytes=max_bytes)
+    except UserError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, ValueError) as exc:
+        raise UserError(f"The zip could not be unpacked ({exc}).") from exc
+    return dataset_root(dest_dir)
+
+
+def _unpack(archive: zipfile.ZipFile, tmp: Path, *, max_files: int, max_bytes: int) -> None:
+    """Write the zip's members under tmp, refusing anything unsafe or over the limits."""
+    members = [(info, _zip_member_name(info)) for info in archive.infolist()]
+    members = [(i, n) for i, n in members if n is not None]
+    found = [(i, n) for i, n in members if not i.is_dir()]
+    if not found:
+        raise UserError("The zip is empty: it should hold one folder of images per class.")
+    if len(found) > max_files:
+        raise UserError(f"The zip holds {len(found):,} files; the limit is {max_files:,}.")
+    declared = sum(i.file_size for i, _ in found)
+    if declared > max_bytes:
+        raise UserError(
+            f"The zip unpacks to {declared / 1e6:,.0f} MB; the limit is {max_bytes / 1e6:,.0f} MB."
+        )
+    base = tmp.resolve()
+    written = 0
+    for info, name in members:
+        target = (tmp / name).resolve()
+        if base != target and base not in target.parents:
+            raise UserError(f"The zip has a path that leaves its folder ({info.filename}).")
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(info) as src, open(target, "wb") as out:
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise UserError(f"The zip unpacks to more than {max_bytes / 1e6:,.0f} MB.")
+                out.write(chunk)
+
+
+def _find_train_validation(folder: Path) -> Path | None:
+    """The folder (folder itself or up to two levels down) holding train/ and validation/."""
+    candidates = [folder, *sorted(p for p in folder.glob("*") if p.is_dir())]
+    candidates += sorted(p for p in folder.glob("*/*") if p.is_dir())
+    for c in candidates:
+        if (c / "train").is_dir() and (c / "validation").is_dir():
+            return c
+    return None
+
+
+def download_cats_vs_dogs(cache_dir: str | Path, origin: str = CATS_DOGS_URL) -> Path:
+    """Download (once) and unpack the classic cats-vs-dogs dataset; returns the folder with train/ and validation/.
+
+    keras.utils.get_file with extract=True (Keras 3) saves the zip as <cache_dir>/datasets/<fname>
+    and unpacks it into <cache_dir>/datasets/cats_and_dogs_filtered_extracted/, re-extracting on
+    every call, so an existing extraction is looked for first.
+    """
+    cache_dir = Path(cache_dir).expanduser().absolute()
+    datasets_dir = cache_dir / "datasets"
+    extracted = datasets_dir / (CATS_DOGS_FNAME.split(".", 1)[0] + "_extracted")
+    if extracted.is_dir() and (found := _find_train_validation(extracted)):
+        return found
+    try:
+        datasets_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"Cannot write the download folder {datasets_dir} ({exc.strerror or exc}).") from exc
+    import keras
+
+    try:
+        result = keras.utils.get_file(
+            fname=CATS_DOGS_FNAME,
+            origin=origin,
+            extract=True,
+            cache_dir=str(cache_dir),
+            cache_subdir="datasets",
+        )
+    except Exception as exc:  # urllib errors arrive wrapped in a bare Exception by Keras
+        raise UserError(
+            f"Could not download the cats-vs-dogs dataset from {origin}: no network connection? ({exc})"
+        ) from exc
+    found = _find_train_validation(Path(result))
+    if found is None:
+        # A bad download (an HTML error page, say) would otherwise be reused forever by get_file.
+        (datasets_dir / CATS_DOGS_FNAME).unlink(missing_ok=True)
+        raise UserError(
+            f"The file downloaded from {origin} is not the cats-vs-dogs zip (no train/ and validation/ folders)."
+        )
+    return found
+
+
+def open_upload(data: bytes, dest_dir: str | Path) -> Path:
+    """An uploaded zip unpacked into dest_dir (its dataset root), within this server's limits on
+    upload size, file count and unpacked size."""
+    limit = settings.max_upload_mb() * 1024 * 1024
+    if len(data) > limit:
+        raise UserError(
+            f"This zip is {len(data) / 1e6:,.0f} MB; the limit here is {settings.max_upload_mb()} MB."
+        )
+    return extract_zip(
+        data, dest_dir, max_files=settings.max_zip_files(), max_bytes=settings.max_zip_mb() * 1024 * 1024
+    )
+
+
+SOURCES = {
+    "sample": "Bundled sample (bean leaves)",
+    "zip": "Upload a zip",
+    "folder": "Folder on the server",
+    "download": "Cats vs dogs (download)",
+}
+
+
+def source_choices() -> list[str]:
+    """Where datasets may come from on this server (no server folders on a hosted demo)."""
+    return [k for k in SOURCES if k != "folder" or settings.allow_server_folders()]
+
+
+__all__ = [
+    "check_folder",
+    "download_cats_vs_dogs",
+    "extract_zip",
+    "open_upload",
+    "sample_dataset_dir",
+    "source_choices",
+]

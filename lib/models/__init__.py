@@ -1,0 +1,2 @@
+"""Models: the registry of bases, building classifiers, the studio's custom layers, the safety
+check of model files from outside, and the one loader (with its bounded cache) of saved runs."""

@@ -1,0 +1,260 @@
+"""The feature cache: a frozen base's output for every image, computed once, kept on disk.
+
+With a frozen base the expensive part (the base network) runs once per image; its features are
+stored as float16 numpy memmaps keyed by dataset content and splits, base, weights, size, cut,
+pooling and augmentation, so a second run with another head or learning rate starts training
+within seconds. Row i is item i unaugmented; augmented views of the training items follow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lib import files, settings
+from lib.data.feeder import Feeder, Stream
+from lib.errors import Cancelled, UserError
+from lib.models import build, registry
+from lib.train.augment import augmenter
+from lib.train.config import TrainConfig
+from lib.train.items import TrainingData, training_data
+
+CACHE_VERSION = 1
+FEATURE_BATCH = 8  # fixed batch shape for the feature pass: one trace; small batches run fastest on a CPU
+AUGMENT_SEED = 1234  # augmented views come from a fixed seed, so the cache doesn't depend on the run's seed
+
+
+def features_dir() -> Path:
+    return settings.cache_dir() / "features"
+
+
+def feature_key(config: TrainConfig, data: TrainingData, weights: str) -> str:
+    """Same key = same features: dataset content and splits, base, resolved weights, size, cut,
+    pooling, augmentation."""
+    aug = (
+        {
+            k: getattr(config, k)
+            for k in ("flip", "rotation", "zoom", "contrast", "translation", "augmented_views")
+        }
+        if config.views
+        else None
+    )
+    parts = {
+        "version": CACHE_VERSION,
+        "data": data.fingerprint,
+        "base": config.base,
+        "weights": registry.weights_identity(config.spec, weights),
+        "size": config.image_size,
+        "cut": config.cut_layer,
+        "pooled": config.pooling == "avg",
+        "augmentation": aug,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@dataclass
+class Features:
+    """Cached base features: row i is item i unaugmented; augmented views follow, train items only."""
+
+    path: Path
+    array: np.ndarray  # memmap, float16, (rows, *feature_shape)
+    n_items: int
+    views: int
+    train_items: np.ndarray  # item indices that have augmented views, in row order
+    hit: bool = False
+    seconds: float = 0.0
+
+    def rows(self, items: np.ndarray, views: np.ndarray | None = None) -> np.ndarray:
+        """Row numbers of (item, view) pairs; view 0 is the plain image."""
+        if views is None or self.views == 0:
+            return items
+        position = np.searchsorted(self.train_items, items)
+        aug_rows = self.n_items + position * self.views + (views - 1)
+        return np.where(views > 0, aug_rows, items)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """float32 features of the given rows (read in row order: kinder to the page cache)."""
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), *self.array.shape[1:]), dtype=np.float32)
+        out[order] = self.array[rows[order]]
+        return out
+
+
+def _open(directory: Path) -> Features | None:
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        array = np.load(directory / "features.npy", mmap_mode="r")
+        train_items = np.load(directory / "train_items.npy")
+    except (OSError, ValueError):
+        return None
+    if array.shape[0] != meta["n_items"] + len(train_items) * meta["views"]:
+        return None
+    return Features(directory, array, int(meta["n_items"]), int(meta["views"]), train_items, hit=True)
+
+
+def cached(config: TrainConfig, data: TrainingData, weights: str) -> Features | None:
+    """The cache entry for this config and data when there is a valid one (a broken one is removed)."""
+    final = features_dir() / feature_key(config, data, weights)
+    if not (final / "meta.json").is_file():
+        return None
+    found = _open(final)
+    if found is None:
+        shutil.rmtree(final, ignore_errors=True)
+    return found
+
+
+def cached_features_ready(config: TrainConfig, scan: Any) -> bool:
+    """Whether a run with this config would find its base features cached (for time estimates)."""
+    try:
+        cfg = config.resolved()
+        if not cfg.uses_feature_cache:
+            return False
+        weights, _ = build.resolve_weights(cfg.spec, cfg.weights)
+        key = feature_key(cfg, training_data(scan), weights)
+    except (UserError, OSError):
+        return False
+    return (features_dir() / key / "meta.json").is_file()
+
+
+def feature_cache_bytes() -> int:
+    """Disk space the feature cache takes (for a "clear cache" button)."""
+    total = 0
+    for path in features_dir().rglob("*"):
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size if path.is_file() else 0
+    return total
+
+
+def clear_feature_cache() -> int:
+    """Delete every cached feature entry (they are rebuilt when needed); returns the bytes freed."""
+    freed = feature_cache_bytes()
+    with contextlib.suppress(OSError):
+        for entry in features_dir().iterdir():
+            shutil.rmtree(entry, ignore_errors=True)
+    return freed
+
+
+def plan(config: TrainConfig, data: TrainingData) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(train items with augmented views, decode groups): train items first, so each is decoded
+    once for its plain and augmented views."""
+    if not config.views:
+        return np.zeros(0, dtype=np.int64), [np.arange(len(data.paths))]
+    train_items = data.index("train")
+    return train_items, [train_items, np.setdiff1d(np.arange(len(data.paths)), train_items)]
+
+
+def start_decoding(config: TrainConfig, data: TrainingData) -> Stream:
+    """Begin decoding the images for the feature pass now (it overlaps importing TensorFlow and
+    building the base); a file that can't be read stops the pass with its name."""
+    feeder = Feeder(config.image_size, batch=FEATURE_BATCH)
+    return feeder.batches(data.paths, groups=plan(config, data)[1], on_error="raise")
+
+
+Report = Callable[..., None]
+
+
+def _extractors(config: TrainConfig, base: Any) -> tuple[Any, Any, tuple[int, ...]]:
+    """(plain, augmented, feature shape): compiled functions from a uint8 batch to features, the
+    second through the augmentation layers (None without augmented views)."""
+    import keras
+    import tensorflow as tf
+
+    extractor = build.feature_model(config.spec, config.image_size, base, pooled=config.pooling == "avg")
+    size = config.image_size
+    spec = tf.TensorSpec((FEATURE_BATCH, size, size, 3), tf.uint8)
+    plain = tf.function(lambda x: extractor(tf.cast(x, tf.float32), training=False), input_signature=[spec])
+    augmented = None
+    if config.views:
+        keras.utils.set_random_seed(AUGMENT_SEED)
+        aug_layers = augmenter(config, seed=AUGMENT_SEED)
+        augmented = tf.function(
+            lambda x: extractor(aug_layers(tf.cast(x, tf.float32), training=True), training=False),
+            input_signature=[spec],
+        )
+    return plain, augmented, tuple(int(d) for d in extractor.output.shape[1:])
+
+
+def compute(
+    config: TrainConfig,
+    data: TrainingData,
+    weights: str,
+    base: Any,
+    stream: Stream,
+    *,
+    report: Report,
+    should_stop: Callable[[], bool],
+) -> Features:
+    """Run the base over every image (and the augmented views) into a new cache entry.
+
+    Raises Cancelled when should_stop() turns true; the entry is written to a temporary folder and
+    renamed into place, so a half-computed cache is never read.
+    """
+    start = time.perf_counter()
+    views = config.views
+    train_items, _ = plan(config, data)
+    n = len(data.paths)
+    total_rows = n + len(train_items) * views
+    plain, augmented, feature_shape = _extractors(config, base)
+    size = config.image_size
+    is_train = np.zeros(n, dtype=bool)
+    is_train[train_items] = True
+    key = feature_key(config, data, weights)
+    final = features_dir() / key
+    files.clean_temp(features_dir())
+    try:
+        with files.atomic_dir(final) as tmp:
+            array = np.lib.format.open_memmap(
+                tmp / "features.npy", mode="w+", dtype=np.float16, shape=(total_rows, *feature_shape)
+            )
+            done = 0
+            for batch in stream:
+                if should_stop():
+                    raise Cancelled()
+                items, count = batch.items, batch.count
+                array[items] = plain(batch.pixels).numpy()[:count]
+                done += count
+                if views and is_train[items[0]]:
+                    position = np.searchsorted(train_items, items)
+                    for view in range(1, views + 1):
+                        array[n + position * views + (view - 1)] = augmented(batch.pixels).numpy()[:count]
+                        done += count
+                elapsed = time.perf_counter() - start
+                report(
+                    phase="features",
+                    done=done,
+                    total=total_rows,
+                    epoch=0,
+                    epochs=config.epochs,
+                    logs={},
+                    eta_seconds=round(elapsed / done * (total_rows - done), 1),
+                )
+            array.flush()
+            del array
+            np.save(tmp / "train_items.npy", train_items.astype(np.int64))
+            meta = {
+                "version": CACHE_VERSION,
+                "n_items": n,
+                "views": views,
+                "feature_shape": list(feature_shape),
+                "base": config.base,
+                "image_size": size,
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+            files.write_json(tmp / "meta.json", meta)
+    finally:
+        stream.close()
+    features = _open(final)
+    if features is None:  # pragma: no cover - we just wrote it
+        raise RuntimeError(f"the feature cache {final} could not be read back")
+    features.hit = False
+    features.seconds = time.perf_counter() - start
+    return features

@@ -1,0 +1,318 @@
+"""The training recipe: a TrainConfig in, a finished run folder out, fast.
+
+    data = prepare_data(...)          scan (cached), the images in a fixed order, splits
+    base = prepare_base(...)          weights resolved, the feature cache looked up, decoding
+                                      started, the base built, config.json written
+    fitted = fit_on_features(...)     frozen base: the head trains on cached features
+          or fit_on_images(...)       from scratch / no cache: the whole network on images
+    fitted = fine_tune(...)           optional: the top of the base, keeping the better weights
+    finish(...)                       scores, model.keras, metrics.json
+
+Cancellation is raised once (Cancelled, by Session.check_stop) and caught once, by
+lib.runs.recording_status in the caller (the job worker or the CLI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lib import files, runs
+from lib.data.feeder import Stream
+from lib.data.images import decode
+from lib.data.scan import load_scan
+from lib.errors import UserError
+from lib.models import build
+from lib.train import estimate, features
+from lib.train.config import TrainConfig
+from lib.train.finetune import fine_tune as fine_tune_base
+from lib.train.fit import evaluate_images, fit_images
+from lib.train.head import evaluate_features, train_head
+from lib.train.items import TrainingData, training_data
+from lib.train.progress import ProgressFn, Session, StopFn
+from lib.vocab import RUN_FILES
+
+
+@dataclass
+class Base:
+    """The base network and what training knows about it before the first epoch."""
+
+    model: Any
+    weights: str  # resolved: imagenet | bundled | none | a file
+    features: features.Features | None = None  # cached features (a hit), when the cache is used
+    stream: Stream | None = None  # images being decoded for a feature pass (a miss)
+    strategy: Any = None
+
+
+@dataclass
+class Fitted:
+    """A classifier after a training phase, with its validation/test scores when already known."""
+
+    model: Any
+    val: dict[str, float] | None = None
+    test: dict[str, float] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train as configured, writing the run folder (config, classes, history, model, metrics, log);
+    returns the metrics. Raises Cancelled when should_stop() turns true (no model is saved), and
+    UserError for bad data or settings. status.json is the caller's (see lib.runs.recording_status).
+    The head is checkpointed every epoch; resume=True continues from the last checkpoint."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    config = config.resolved()
+    session = Session(Path(run_dir), on_progress, should_stop)
+    session.run_dir.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(config, session)
+    base = prepare_base(config, data, session)
+    if config.uses_feature_cache:
+        fitted = fit_on_features(config, data, base, session, resume=resume)
+    else:
+        fitted = fit_on_images(config, data, base, session)
+    if config.fine_tuning:
+        fitted = fine_tune(config, data, base, fitted, session)
+    elif config.fine_tune_epochs > 0:
+        fitted.metrics["fine_tuning"] = "skipped: the base was trained from scratch, all of it already trains"
+    return finish(config, data, base, fitted, session)
+
+
+def prepare_data(config: TrainConfig, session: Session) -> TrainingData:
+    """The scan (cached on disk) as the ordered list of training images, with their splits."""
+    session.report(phase="scan", epoch=0, epochs=config.epochs, logs={}, eta_seconds=None)
+    session.log(
+        f"Training {config.base} ({config.weights} weights, {config.image_size} px) on {config.data_dir}."
+    )
+    if not config.data_dir:
+        raise UserError("No dataset chosen: pick a dataset folder first.")
+    # A relative folder (the shipped demo records "data/sample") is relative to the repository.
+    root = runs.resolve_data_dir(config.data_dir) or config.data_dir
+    data = training_data(load_scan(root, config.val_fraction, config.test_fraction))
+    counts = data.counts()
+    session.log(
+        f"{len(data.classes)} classes; {counts['train']} train, {counts['validation']} validation, "
+        f"{counts['test']} test images."
+    )
+    return data
+
+
+def prepare_base(config: TrainConfig, data: TrainingData, session: Session) -> Base:
+    """Resolve the weights, look the features up in the cache, start decoding on a miss (it
+    overlaps importing TensorFlow and building the base), build the base, write config.json."""
+    weights, note = build.resolve_weights(config.spec, config.weights)
+    if note:
+        session.log(note)
+    cached = stream = None
+    if config.uses_feature_cache:
+        cached = features.cached(config, data, weights)
+        if cached is not None:
+            session.log(f"Features found in the cache ({cached.path.name}).")
+        else:
+            stream = features.start_decoding(config, data)
+    try:
+        import keras
+        import tensorflow as tf
+
+        keras.utils.set_random_seed(config.seed)
+        _write_run_config(session.run_dir, config, data, weights, note)
+        strategy = (
+            tf.distribute.MirroredStrategy()
+            if len(tf.config.list_physical_devices("GPU")) > 1
+            else tf.distribute.get_strategy()
+        )
+        with strategy.scope():
+            model = build.build_base(config.base, config.image_size, weights, cut=config.cut_layer)
+            model.trainable = not config.frozen
+    except BaseException:
+        if stream is not None:
+            stream.close()
+        raise
+    return Base(model=model, weights=weights, features=cached, stream=stream, strategy=strategy)
+
+
+def fit_on_features(
+    config: TrainConfig, data: TrainingData, base: Base, session: Session, *, resume: bool
+) -> Fitted:
+    """Frozen base: compute (or reuse) its features, train the head on them, put the head on the base."""
+    import keras
+
+    start = time.perf_counter()
+    cached = base.features
+    if cached is None:
+        assert base.stream is not None
+        cached = features.compute(
+            config,
+            data,
+            base.weights,
+            base.model,
+            base.stream,
+            report=session.report,
+            should_stop=session.stop_requested,
+        )
+        estimate.record_throughput(
+            config, len(data.paths) + len(data.index("train")) * config.views, cached.seconds
+        )
+        session.log(f"Computed features of {cached.array.shape[0]} images in {cached.seconds:.1f} s.")
+    keras.utils.set_random_seed(config.seed)
+    head_start = time.perf_counter()
+    result = train_head(
+        config, data, cached, session, checkpoint=session.run_dir / RUN_FILES["checkpoint"], resume=resume
+    )
+    head_seconds = time.perf_counter() - head_start
+    with base.strategy.scope():
+        model = build.build_classifier(
+            config.spec, config.image_size, base.model, len(data.classes), config.head
+        )
+    build.copy_head_weights(result.head, model)
+    return Fitted(
+        model=model,
+        val=evaluate_features(result.head, cached, data, "validation", config.label_smoothing),
+        test=evaluate_features(result.head, cached, data, "test", config.label_smoothing),
+        metrics={
+            "feature_cache": "hit" if cached.hit else "computed",
+            "feature_seconds": round(cached.seconds, 2),
+            "head_seconds": round(head_seconds, 2),
+            "assembly_max_difference": round(
+                _check_assembly(model, result.head, cached, data, config.image_size), 6
+            ),
+            "stopped": result.stopped,
+            "first_phase_seconds": round(time.perf_counter() - start, 2),
+        },
+    )
+
+
+def fit_on_images(config: TrainConfig, data: TrainingData, base: Base, session: Session) -> Fitted:
+    """The plain path: the whole classifier runs on decoded images every epoch."""
+    start = time.perf_counter()
+    with base.strategy.scope():
+        model = build.build_classifier(
+            config.spec,
+            config.image_size,
+            base.model,
+            len(data.classes),
+            config.head,
+            base_training=False if config.frozen else None,
+        )
+    stopped = fit_images(
+        model,
+        config,
+        data,
+        session,
+        phase="head" if config.frozen else "train",
+        epochs=config.epochs,
+        lr=config.lr,
+    )
+    return Fitted(
+        model=model,
+        metrics={
+            "feature_cache": "off",
+            "feature_seconds": 0.0,
+            "stopped": stopped,
+            "first_phase_seconds": round(time.perf_counter() - start, 2),
+        },
+    )
+
+
+def fine_tune(
+    config: TrainConfig, data: TrainingData, base: Base, fitted: Fitted, session: Session
+) -> Fitted:
+    """Fine-tune the top of the base (see lib.train.finetune); the test score is measured anew."""
+    tuned = fine_tune_base(fitted.model, base.model, config, data, session)
+    metrics = {**fitted.metrics, "fine_tuning": tuned.note, "fine_tune_seconds": tuned.seconds}
+    if tuned.stopped:
+        metrics["fine_tune_stopped"] = tuned.stopped
+    return Fitted(model=fitted.model, val=tuned.val, test=None, metrics=metrics)
+
+
+def finish(
+    config: TrainConfig, data: TrainingData, base: Base, fitted: Fitted, session: Session
+) -> dict[str, Any]:
+    """Scores not known yet, model.keras, metrics.json; the checkpoint has served."""
+    session.report(phase="saving", epoch=len(session.history), epochs=config.epochs, logs={}, eta_seconds=2.0)
+    val = fitted.val or evaluate_images(fitted.model, config, data, "validation")
+    test = fitted.test or evaluate_images(fitted.model, config, data, "test")
+    _save_model(fitted.model, session.run_dir)
+    metrics = {
+        "classes": data.classes,
+        "base": config.base,
+        "image_size": config.image_size,
+        "weights_used": base.weights if not Path(base.weights).is_absolute() else "file",
+        **fitted.metrics,
+        "val_accuracy": val["accuracy"],
+        "val_loss": val["loss"],
+        "test_accuracy": test["accuracy"] if test else None,
+        "test_loss": test["loss"] if test else None,
+        "epochs_run": len(session.history),
+        "train_seconds": session.seconds(),
+        "counts": data.counts(),
+    }
+    files.write_json(session.run_dir / RUN_FILES["metrics"], metrics)
+    with contextlib.suppress(OSError):
+        (session.run_dir / RUN_FILES["checkpoint"]).unlink()
+    session.log(
+        f"Finished: validation accuracy {val['accuracy']:.4f}"
+        + (f", test accuracy {test['accuracy']:.4f}" if test else "")
+        + f", {metrics['epochs_run']} epochs, {metrics['train_seconds']:.1f} s."
+    )
+    return metrics
+
+
+def _check_assembly(model: Any, head: Any, cached: features.Features, data: TrainingData, size: int) -> float:
+    """The assembled model must predict like the head on cached features (guards the weight copy)."""
+    items = data.index("validation")[:4]
+    pixels = np.stack([decode(data.paths[i], size=size) for i in items]).astype(np.float32)
+    full = np.asarray(model(pixels, training=False))  # eager calls: no graph tracing to pay for
+    part = np.asarray(head(cached.take(items), training=False))
+    diff = float(np.max(np.abs(full - part)))
+    if diff > 0.05:
+        raise RuntimeError(f"the assembled model disagrees with its trained head (max difference {diff:.3f})")
+    return diff
+
+
+def _save_model(model: Any, run_dir: Path) -> None:
+    """Save atomically, without optimizer state (a fresh uncompiled wrapper of the same layers)."""
+    import keras
+
+    clean = keras.Model(model.inputs, model.outputs, name=model.name)
+    with files.atomic_path(run_dir / RUN_FILES["model"]) as tmp:
+        clean.save(tmp)
+
+
+def _write_run_config(
+    run_dir: Path, config: TrainConfig, data: TrainingData, weights: str, note: str
+) -> None:
+    import keras
+    import tensorflow as tf
+
+    path = run_dir / RUN_FILES["config"]
+    existing: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        existing = files.read_json(path)
+    record = {
+        **existing,
+        **config.to_dict(),
+        "weights_used": weights,
+        "weights_note": note,
+        "classes": data.classes,
+        "dataset": {"root": str(data.root), "fingerprint": data.fingerprint, "counts": data.counts()},
+        "versions": {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "python": sys.version.split()[0],
+        },
+    }
+    record.setdefault("name", run_dir.name)
+    files.write_json(path, record)
+    files.write_atomic(run_dir / RUN_FILES["classes"], "".join(f"{c}\n" for c in data.classes))

@@ -1,0 +1,104 @@
+"""The one frame around every page: page config, navigation over pages/, the sidebar, the hosted
+workspace and its privacy note. streamlit_app.py calls `run()`; page files only render."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from lib import settings, workspace
+from lib.ui import state
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    path: str
+    title: str
+    icon: str
+    url: str  # the page's address: /Dataset, /Train ... ("" for the home page)
+    blurb: str = ""
+
+
+PAGES = (
+    PageInfo("pages/0_Home.py", "Home", "🏠", ""),
+    PageInfo(
+        "pages/1_Dataset.py",
+        "1 · Dataset",
+        "🗂️",
+        "Dataset",
+        "Pick the bundled sample, upload a zip or open a folder; check class balance and file health.",
+    ),
+    PageInfo(
+        "pages/2_Train.py",
+        "2 · Train",
+        "🏋️",
+        "Train",
+        "Choose a pretrained base and settings, press Start, watch the curves.",
+    ),
+    PageInfo(
+        "pages/3_Evaluate.py",
+        "3 · Evaluate",
+        "🔍",
+        "Evaluate",
+        "Confusion matrix, per-class scores, every mistake one click away.",
+    ),
+    PageInfo(
+        "pages/4_Predict.py",
+        "4 · Predict",
+        "📷",
+        "Predict",
+        "Drop in photos (or take one) and get a verdict in plain words.",
+    ),
+)
+STEPS = PAGES[1:]
+
+
+def page(path: str) -> PageInfo:
+    return next(p for p in PAGES if p.path == path)
+
+
+def run() -> None:
+    """Draw the frame and run the page the visitor is on."""
+    st.set_page_config(page_title="Image classifier studio", page_icon="🖼️", layout="wide")
+    pages = [
+        st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url or None, default=(i == 0))
+        for i, p in enumerate(PAGES)
+    ]
+    current = st.navigation(pages, position="hidden")
+    sidebar()
+    current.run()
+
+
+def sidebar() -> None:
+    """The page links (Home and the four steps) and, when hosted, when the workspace expires, a
+    download of its runs, and the privacy note."""
+    with st.sidebar:
+        for p in PAGES:
+            st.page_link(p.path, label=p.title, icon=p.icon)
+    token = state.workspace_token()
+    if token is None:
+        return
+    workspace.cleanup_if_due()
+    with st.sidebar:
+        expires = workspace.expires_at(token)
+        st.caption(
+            f"Your workspace is private to this link (bookmark it). It is deleted "
+            f"{expires:%Y-%m-%d %H:%M} UTC unless you come back before then."
+        )
+        if workspace.finished_runs(token):
+            st.download_button(
+                "Download my models (zip)",
+                data=lambda: workspace.runs_zip(token),
+                file_name="my-models.zip",
+                mime="application/zip",
+            )
+        st.caption(
+            "Privacy: photos you upload are used only to answer you. Predicted photos are not stored; "
+            "uploaded datasets and your models stay in your workspace until it expires."
+        )
+
+
+def hosted_note() -> None:
+    if settings.hosted():
+        st.caption("This is a shared demo: your uploads and models are kept apart from other visitors'.")

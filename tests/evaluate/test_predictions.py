@@ -1,0 +1,187 @@
+"""lib.evaluate.predictions: stored predictions on tiny hand-made runs, splits and folders, class
+checks, read-only and copied runs, the shipped demo, the evaluate CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lib import runs
+from lib.errors import UserError
+from lib.evaluate import predictions as ev
+from lib.evaluate.report import write_report
+from lib.models import loader
+from tests.evaluate.conftest import _colour, _image
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _expected(df: pd.DataFrame, truth: dict) -> list[str]:
+    return [truth.get(p, Path(p).parent.name) for p in df["path"]]
+
+
+def test_predict_split_three_classes_and_cache(world, model_calls):
+    run = world["run3"]
+    df = ev.predict_split(run, split="test")
+    classes = ["red", "green", "blue"]
+    assert list(df.columns) == ["path", "split", "actual", "predicted", "confidence"] + [
+        f"prob_{c}" for c in classes
+    ] + ["correct"]
+    assert len(df) == 10 and set(df["split"]) == {"test"}
+    assert df["predicted"].tolist() == _expected(df, world["truth3"])
+    assert df["correct"].sum() == 9
+    np.testing.assert_allclose(df[[f"prob_{c}" for c in classes]].sum(axis=1), 1.0, atol=1e-5)
+    assert (df["confidence"] > 0.8).all()
+    assert model_calls["batches"] == 1  # 10 images, one padded batch
+    stored = list((run / "predictions").glob("test-*"))
+    assert len(stored) == 1
+
+    # A second call reads the stored predictions: the model does not run again.
+    again = ev.predict_split(run, split="test")
+    assert model_calls["batches"] == 1
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), df.reset_index(drop=True), check_dtype=False)
+
+    result = ev.evaluate(run, split="test")
+    assert model_calls["batches"] == 1
+    m = result.metrics
+    assert m["n_images"] == 10 and m["accuracy"] == pytest.approx(0.9)
+    assert m["most_missed"][0]["text"] == "red predicted as blue: 1"
+    assert m["confusion_matrix"] == [[3, 0, 1], [0, 3, 0], [0, 0, 3]]
+
+    # A changed dataset is predicted again.
+    _image(world["rgb"] / "test" / "green" / "extra.png", _colour("green"), 999)
+    try:
+        assert len(ev.predict_split(run, split="test")) == 11
+        assert model_calls["batches"] == 2
+        newer = list((run / "predictions").glob("test-*"))
+        assert len(newer) == 1 and newer != stored  # the outdated file was replaced
+    finally:
+        (world["rgb"] / "test" / "green" / "extra.png").unlink()
+
+
+def test_predict_two_classes_all_splits_and_class_order(world):
+    df = ev.predict_split(world["run2"], split="all")
+    assert len(df) == 13 and set(df["split"]) == {"train", "validation", "test"}
+    assert list(df.columns)[5:7] == ["prob_blue", "prob_red"]  # run's class order
+    wrong = df[~df["correct"]]
+    assert len(wrong) == 1 and wrong.iloc[0]["actual"] == "blue" and wrong.iloc[0]["predicted"] == "red"
+    m = ev.evaluate(world["run2"], split="validation").metrics
+    assert m["classes"] == ["blue", "red"] and m["confusion_matrix"] == [[2, 1], [0, 2]]
+
+
+def test_class_mismatch_is_refused(world):
+    with pytest.raises(UserError, match="blue") as info:
+        ev.predict_split(world["run2"], data_dir=world["rgb"], split="test")
+    assert "green" in str(info.value)
+    with pytest.raises(UserError, match="Unknown split"):
+        ev.predict_split(world["run2"], split="nonsense")
+    with pytest.raises(UserError, match="does not exist"):
+        ev.predict_split(world["base"] / "nope", split="test")
+
+
+def test_folder_with_a_subset_of_classes(world, tmp_path):
+    folder = tmp_path / "new_photos"
+    _image(folder / "red" / "a.png", _colour("red"), 1)
+    _image(folder / "red" / "b.png", _colour("green"), 2)
+    _image(folder / "green" / "c.png", _colour("green"), 3)
+    df = ev.predict_split(world["run3"], split=str(folder))
+    assert sorted(df["predicted"]) == ["green", "green", "red"] and set(df["split"]) == {"folder"}
+    m = ev.evaluate(world["run3"], split=str(folder)).metrics
+    assert m["per_class"]["blue"]["support"] == 0 and m["accuracy"] == pytest.approx(2 / 3)
+    _image(folder / "purple" / "d.png", _colour("blue"), 4)
+    with pytest.raises(UserError, match="purple"):
+        ev.predict_split(world["run3"], split=str(folder))
+
+
+def test_read_only_and_copied_run(world, tmp_path, monkeypatch, model_calls):
+    copy = tmp_path / "copied_run"
+    shutil.copytree(world["run2"], copy, ignore=shutil.ignore_patterns("predictions", "report.*"))
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["data_dir"] = "/somewhere/else/beans"
+    (copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="--data"):
+        ev.predict_split(copy, split="test")
+    broken = tmp_path / "broken_run"
+    shutil.copytree(copy, broken)
+    (broken / "model.keras").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="cannot be (loaded|used)"):
+        ev.predict_split(broken, data_dir=world["rb"], split="test")
+    (broken / "model.keras").unlink()
+    (broken / "status.json").write_text(json.dumps({"state": "running"}))
+    with pytest.raises(UserError, match="no saved model.*interrupted"):
+        ev.predict_split(broken, data_dir=world["rb"], split="test")
+
+    # Root can write anywhere, so read-only is simulated at the one place that decides it.
+    monkeypatch.setattr(runs.Run, "writable", property(lambda self: False))
+    before = sorted(p.name for p in copy.iterdir())
+    result = ev.evaluate(copy, data_dir=world["rb"], split="test")
+    assert result.metrics["accuracy"] == 1.0
+    cache = Path(os.environ["STUDIO_CACHE_DIR"]) / "predictions"
+    assert result.predictions_file is not None and cache in result.predictions_file.parents
+    paths = write_report(result)
+    assert cache.parent / "reports" in paths["html"].parents and paths["markdown"].is_file()
+    assert sorted(p.name for p in copy.iterdir()) == before  # nothing written into the run
+    batches = model_calls["batches"]
+    ev.predict_split(copy, data_dir=world["rb"], split="test")
+    assert model_calls["batches"] == batches
+
+
+def test_model_summary(world):
+    s = loader.load(world["run3"]).summary()
+    assert s["parameters"] == 3 * 3 + 3 and s["trainable_parameters"] == 12
+    assert s["top_level_layers"] == 5 and s["size_bytes"] == (world["run3"] / "model.keras").stat().st_size
+
+
+def _cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STUDIO_CACHE_DIR": str(tmp_path / "cli-cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [sys.executable, "-m", "lib", "evaluate", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_prints_json_last_and_exit_codes(world, tmp_path):
+    run = world["run3"]
+    ok = _cli("--run", str(run), "--split", "validation", tmp_path=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    out = json.loads(ok.stdout.strip().splitlines()[-1])
+    assert out["accuracy"] == 1.0 and out["n_images"] == 9 and out["classes"] == ["red", "green", "blue"]
+    assert out["confusion_matrix"] == [[3, 0, 0], [0, 3, 0], [0, 0, 3]]
+    assert out["per_class"]["red"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 3}
+    assert Path(out["report"]["html"]).is_file() and Path(out["report"]["markdown"]).is_file()
+
+    for args, needle in (
+        (["--run", str(world["base"] / "missing")], "does not exist"),
+        (["--run", str(run), "--split", "bogus"], "Unknown split"),
+        (["--run", str(run), "--data", str(world["rb"])], "green"),
+        (["--run", str(world["rgb"])], "no config.json"),
+    ):
+        bad = _cli(*args, tmp_path=tmp_path)
+        assert bad.returncode == 2, (args, bad.stderr)
+        assert needle in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_shipped_demo_evaluates_from_any_working_folder(tmp_path, monkeypatch):
+    """The demo records its dataset as "data/sample" (relative to the repository), and is read-only."""
+    from lib import settings
+
+    demo = settings.demo_run_dir()
+    assert demo is not None
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    before = sorted(p.name for p in demo.iterdir())
+    df = ev.predict_split(demo, split="test")
+    assert len(df) == 45 and df["correct"].mean() > 0.6
+    assert sorted(p.name for p in demo.iterdir()) == before, "nothing is written into demo/"

@@ -1,0 +1,108 @@
+"""lib.cli: the shell mirrors the app. Every TrainConfig field is a flag of `train`, --config
+reproduces a run (flags override it), `runs` lists runs, and bad flags are one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from lib import cli, files, runs
+from lib.errors import UserError
+from lib.train.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _train_args(*argv: str):
+    return cli.build_parser().parse_args(["train", *argv])
+
+
+def test_every_config_field_is_a_train_flag():
+    parser = cli.build_parser()
+    train = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("train"))
+    dests = {action.dest for action in train._actions}
+    assert {f.name for f in fields(TrainConfig)} <= dests
+    text = train.format_help()
+    for flag in ("--cut-layer", "--pooling", "--hidden-units", "--dropout", "--label-smoothing", "--class-weights",
+                 "--no-class-weights", "--early-stopping", "--target-val-accuracy", "--augmented-views", "--flip"):  # fmt: skip
+        assert flag in text, flag
+
+
+def test_flags_build_the_config_the_page_would(tiny_dataset):
+    args = _train_args("--data", str(tiny_dataset), "--hidden-units", "64", "--no-class-weights", "--flip", "Vertical",
+                       "--augment", "--lr", "0.003", "--base", "mobilenetv2")  # fmt: skip
+    cfg = cli.config_from_args(args)
+    assert (cfg.hidden_units, cfg.class_weights, cfg.flip, cfg.augment, cfg.lr) == (
+        64,
+        False,
+        "vertical",
+        True,
+        0.003,
+    )
+    assert cfg.base == "MobileNetV2" and cfg.image_size == 160 and cfg.weights == "auto"
+    assert cfg.data_dir == str(tiny_dataset.resolve())
+
+
+def test_config_reproduces_a_run_and_flags_override_it(tiny_dataset, tmp_path):
+    original = TrainConfig(
+        data_dir=str(tiny_dataset), base="SmallCNN", weights="none", image_size=64, epochs=7, dropout=0.4
+    )
+    run_dir = runs.create_run(tmp_path / "models", original)
+    again = cli.config_from_args(_train_args("--config", str(run_dir / "config.json")))
+    assert again == original.resolved()
+    changed = cli.config_from_args(_train_args("--config", str(run_dir), "--epochs", "3"))
+    assert changed.epochs == 3 and changed.dropout == 0.4 and changed.base == "SmallCNN"
+
+
+def test_a_recorded_relative_dataset_is_relative_to_the_repository(tmp_path):
+    files.write_json(tmp_path / "config.json", {**TrainConfig().to_dict(), "data_dir": "data/sample"})
+    cfg = cli.config_from_args(_train_args("--config", str(tmp_path / "config.json")))
+    assert cfg.data_dir == str((ROOT / "data" / "sample").resolve())
+    with pytest.raises(UserError, match="No dataset given"):
+        cli.config_from_args(_train_args())
+
+
+def _run(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lib", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_runs_lists_state_accuracy_and_note(tmp_path):
+    run_dir = runs.create_run(tmp_path, TrainConfig(data_dir="/d"))
+    files.write_json(run_dir / "metrics.json", {"val_accuracy": 0.875})
+    runs.write_status(run_dir, "finished")
+    (run_dir / "model.keras").write_bytes(b"x")
+    runs.set_note(run_dir, "first try\nmore")
+    out = _run("runs", "--runs-dir", str(tmp_path), "--json")
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["id"] == run_dir.name and row["state"] == "finished" and row["val accuracy"] == 0.875
+    assert row["note"].startswith("first try")
+    text = _run("runs", "--runs-dir", str(tmp_path))
+    assert f"{run_dir.name}  finished  MobileNetV2  val 87.5%  first try" in text.stdout
+    assert json.loads(text.stdout.strip().splitlines()[-1]) == {"runs": 1}
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", "--data", "data/sample", "--no-such-flag"], "unrecognized arguments"),
+        (["train", "--data", "data/sample", "--dropout", "lots"], "invalid float value"),
+        (["train", "--data", "data/sample", "--pooling", "max"], "Pooling must be one of avg, flatten"),
+        (["train", "--config", "/no/such/run"], "cannot be read"),
+        (["runs", "--json", "extra"], "unrecognized arguments"),
+    ],
+)
+def test_bad_flags_are_one_line_and_exit_2(argv, words, tmp_path):
+    out = _run(*argv, "--runs-dir", str(tmp_path)) if argv[0] == "train" else _run(*argv)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], out.stderr
