@@ -8,6 +8,8 @@ COPY . .
 # Run as a user who can write only runs and caches: the app code and the demo model stay read-only.
 RUN useradd --create-home studio && mkdir -p models .cache && chown -R studio models .cache
 USER studio
-ENV STUDIO_HOSTED=1 STREAMLIT_SERVER_MAX_UPLOAD_SIZE=200 PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+# MALLOC_MMAP_THRESHOLD_: freed image buffers go back to the system at once (lib/data/images.py).
+ENV STUDIO_HOSTED=1 STREAMLIT_SERVER_MAX_UPLOAD_SIZE=200 PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 \
+    MALLOC_MMAP_THRESHOLD_=8388608
 EXPOSE 8501
 CMD ["streamlit", "run", "streamlit_app.py", "--server.address", "0.0.0.0", "--server.port", "8501"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from lib import settings, workspace
+from lib.data import images
 from lib.ui import state
 
 
@@ -58,8 +59,20 @@ def page(path: str) -> PageInfo:
     return next(p for p in PAGES if p.path == path)
 
 
+_started = False
+
+
+def _once_per_process() -> None:
+    """Process-wide set-up the first time any visitor opens a page."""
+    global _started
+    if not _started:
+        _started = True
+        images.tune_malloc()
+
+
 def run() -> None:
     """Draw the frame and run the page the visitor is on."""
+    _once_per_process()
     st.set_page_config(page_title="Image classifier studio", page_icon="🖼️", layout="wide")
     pages = [
         st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url or None, default=(i == 0))
