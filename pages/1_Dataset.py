@@ -35,7 +35,9 @@ with st.container(border=True):
                 "A zip with one folder per class (`cats/`, `dogs/` …), or `train/`, `validation/`, "
                 "`test/` folders each holding class folders."
             )
-            upload = st.file_uploader("Zip file", type=["zip"], key="dataset_zip")
+            upload = st.file_uploader(
+                "Zip file", type=["zip"], key="dataset_zip", max_upload_size=settings.max_upload_mb()
+            )
             if upload is not None and st.button("Open this zip", type="primary"):
                 with st.spinner("Unpacking…"):
                     data = upload.getvalue()

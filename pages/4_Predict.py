@@ -4,7 +4,7 @@ import streamlit as st
 
 from lib import settings
 from lib.errors import UserError
-from lib.serve import export, gradcam
+from lib.serve import export
 from lib.serve import predict as prediction
 from lib.text import md_escape, plural
 from lib.ui import cached, charts, widgets
@@ -41,7 +41,11 @@ files = st.file_uploader(
     "Drop photos here (or a zip of photos)",
     accept_multiple_files=True,
     key="p_files",
-    help=f"JPEG, PNG, BMP, GIF or WebP, up to {settings.max_pixels() / 1e6:.0f} megapixels each.",
+    max_upload_size=settings.max_predict_mb(),
+    help=(
+        f"JPEG, PNG, BMP, GIF or WebP, up to {settings.max_pixels() / 1e6:.0f} megapixels each; "
+        f"up to {settings.max_predict_files():,} photos and {settings.max_predict_mb():,} MB per batch."
+    ),
 )
 photo = (
     st.camera_input("…or take a photo", key="p_camera")
@@ -79,11 +83,8 @@ else:
                 continue
             left, right = st.columns([1, 1])
             if show_heat and n < HEAT_MAPS:
-                heat = gradcam.gradcam(model, r.image, model.classes.index(r.predicted))
                 left.image(
-                    gradcam.overlay(r.image, heat),
-                    caption="Red: where the model looked most",
-                    width="stretch",
+                    cached.heat_map(model, r), caption="Red: where the model looked most", width="stretch"
                 )
             else:
                 left.image(r.image, width="stretch")

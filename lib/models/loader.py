@@ -30,6 +30,11 @@ class LoadedModel:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
+    def key(self) -> tuple:
+        """Identifies the model file (its path and identity): results cached under it stay valid."""
+        return (str(self.run.path.resolve()), *sorted(self.run.model_identity().items()))
+
+    @property
     def classes(self) -> list[str]:
         return self.run.classes
 

@@ -26,6 +26,34 @@ Source = str | Path | bytes | bytearray
 
 
 @dataclass
+class Quota:
+    """What one batch may hold: photos and bytes (zip members counted at their real size). Inputs
+    past it become errors without their bytes being read."""
+
+    files: int
+    bytes: int
+    used_files: int = 0
+    used_bytes: int = 0
+
+    def refusal(self, size: int) -> str | None:
+        """None when one more photo of `size` bytes fits (and counts it), else why not."""
+        if self.used_files + 1 > self.files:
+            return f"Only {self.files:,} photos are judged per batch here: send the rest in another batch."
+        if self.used_bytes + size > self.bytes:
+            return (
+                f"This batch is over the {size_text(self.bytes)} limit here: send the rest of the photos "
+                "in another batch."
+            )
+        self.used_files += 1
+        self.used_bytes += size
+        return None
+
+
+def unlimited() -> Quota:
+    return Quota(files=10**12, bytes=10**15)
+
+
+@dataclass
 class Input:
     """One photo to judge (its bytes or path), or why it can't be (error; skipped = junk in a zip)."""
 
@@ -62,7 +90,7 @@ def _unsafe_member_reason(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-def _zip_entries(name: str, source: Source) -> Iterator[Input]:
+def _zip_entries(name: str, source: Source, quota: Quota) -> Iterator[Input]:
     """The members of a zip as entries, read lazily in memory; one error entry when it is refused."""
     fp: Any = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray)) else source
     try:
@@ -112,6 +140,9 @@ def _zip_entries(name: str, source: Source) -> Iterator[Input]:
                     f"the limit is {size_text(ZIP_MAX_MEMBER_BYTES)}).",
                 )
                 continue
+            if refused := quota.refusal(info.file_size):
+                yield Input(label, error=refused)
+                continue
             try:
                 with zf.open(info) as fh:
                     data = fh.read(ZIP_MAX_MEMBER_BYTES + 1)
@@ -138,8 +169,10 @@ def _zip_entries(name: str, source: Source) -> Iterator[Input]:
             yield Input(name, error="The zip file has no photos in it.")
 
 
-def expand(items: Iterable[tuple[str, Source]]) -> Iterator[Input]:
-    """Expand the user's items: zips (by content) into their members, paths checked to exist."""
+def expand(items: Iterable[tuple[str, Source]], quota: Quota | None = None) -> Iterator[Input]:
+    """Expand the user's items: zips (by content) and folders into their files, paths checked to
+    exist, at most `quota` photos and bytes (the rest come back as errors, unread)."""
+    quota = quota or unlimited()
     for name, source in items:
         name = str(name)
         if not isinstance(source, (bytes, bytearray)):
@@ -148,7 +181,7 @@ def expand(items: Iterable[tuple[str, Source]]) -> Iterator[Input]:
                 yield Input(name, error="The file does not exist.")
                 continue
             if path.is_dir():
-                yield from _folder_inputs(name, path)
+                yield from _folder_inputs(name, path, quota)
                 continue
             source = path
         try:
@@ -157,12 +190,23 @@ def expand(items: Iterable[tuple[str, Source]]) -> Iterator[Input]:
             yield Input(name, error=f"The file cannot be read ({exc.strerror or exc}).")
             continue
         if _is_zip_bytes(head):
-            yield from _zip_entries(name, source)
+            yield from _zip_entries(name, source, quota)
+        elif refused := quota.refusal(
+            len(source) if isinstance(source, (bytes, bytearray)) else _size(source)
+        ):
+            yield Input(name, error=refused)
         else:
             yield Input(name, source=source)
 
 
-def _folder_inputs(name: str, folder: Path) -> Iterator[Input]:
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _folder_inputs(name: str, folder: Path, quota: Quota) -> Iterator[Input]:
     """Every visible file under a folder (sorted, recursively), or one error when it has none."""
     found = 0
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -179,6 +223,6 @@ def _folder_inputs(name: str, folder: Path) -> Iterator[Input]:
                 return
             full = Path(dirpath) / file
             shown = f"{name.rstrip('/')}/{full.relative_to(folder).as_posix()}"
-            yield from expand([(shown, full)])
+            yield from expand([(shown, full)], quota)
     if not found:
         yield Input(name, error="The folder has no files in it.")

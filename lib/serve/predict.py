@@ -8,7 +8,10 @@ by a loaded model (lib.models.loader) in batches.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,9 +19,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from lib import settings
+from lib.data import images
 from lib.data.feeder import Feeder
-from lib.errors import UserError
-from lib.serve.inputs import Input, Source, expand
+from lib.errors import ImageError, UserError
+from lib.serve.inputs import Input, Quota, Source, expand
 from lib.text import csv_safe, readable_label
 
 BATCH_SIZE = 32
@@ -95,6 +100,7 @@ class PredictionResult:
     verdict: str = ""
     skipped: bool = False
     image: np.ndarray | None = field(default=None, repr=False, compare=False)  # SxS RGB fed to the model
+    digest: str | None = None  # sha256 of the photo's bytes (uploads), for caches keyed by content
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly (no pixels)."""
@@ -207,6 +213,80 @@ def _chunks(it: Iterator[Input], n: int) -> Iterator[list[Input]]:
         yield chunk
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one batch may ask of the server (settings: local defaults are generous, hosted tight)."""
+
+    files: int
+    megabytes: int
+    megapixels: int
+
+
+def batch_limits() -> Limits:
+    return Limits(settings.max_predict_files(), settings.max_predict_mb(), settings.max_predict_megapixels())
+
+
+class _Seen:
+    """Probabilities and pixels of photos already judged, by (model, content hash): moving the
+    threshold slider or opening an expander never runs the model on the same photo again."""
+
+    def __init__(self, entries: int = 512):
+        self.entries = entries
+        self._items: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key: tuple, probs: np.ndarray, pixels: np.ndarray) -> None:
+        with self._lock:
+            self._items[key] = (np.asarray(probs, dtype=np.float32), pixels)
+            while len(self._items) > self.entries:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+SEEN = _Seen()
+
+
+@dataclass
+class _Pending:
+    item: Input
+    digest: str | None = None
+    result: PredictionResult | None = None
+
+
+def _admit(
+    pending: _Pending, model_key: tuple | None, pixels_left: list[int], max_pixels: int | None
+) -> None:
+    """Fill pending.result from the cache, or refuse a photo over the batch's megapixels; else
+    leave it to be decoded."""
+    item = pending.item
+    if isinstance(item.source, (bytes, bytearray)):
+        pending.digest = hashlib.sha256(item.source).hexdigest()
+    if model_key is not None and pending.digest is not None and SEEN.get((model_key, pending.digest)):
+        return
+    try:
+        px = images.header_pixels(item.source, max_pixels=max_pixels or settings.max_pixels())
+    except ImageError as exc:
+        pending.result = _error(item.name, exc.reason)
+        return
+    if px > pixels_left[0]:
+        pending.result = _error(
+            item.name,
+            "This batch holds too many megapixels to judge at once here: send this photo in another batch.",
+        )
+        return
+    pixels_left[0] -= px
+
+
 def predict_images(
     model: Model,
     items: Iterable[tuple[str, Source]],
@@ -216,45 +296,62 @@ def predict_images(
     unsure_threshold: float = DEFAULT_UNSURE_THRESHOLD,
     margin: float = DEFAULT_MARGIN,
     keep_images: bool = True,
+    limits: Limits | None = None,
 ) -> list[PredictionResult]:
     """One result per photo (zips and folders expand into their files), in input order; bad files
     don't stop the batch. `items` are (display name, bytes or path). With keep_images, each result
-    carries the S x S pixels the model saw (for the page)."""
+    carries the S x S pixels the model saw (small: never the original). At most `limits` photos,
+    megabytes and megapixels per batch (settings by default); a photo seen before by this model is
+    not judged again."""
+    limits = limits or batch_limits()
     classes = list(model.classes)
+    model_key = getattr(model, "key", None)
     feeder = Feeder(model.size, batch=BATCH_SIZE, max_pixels=max_pixels)
+    quota = Quota(files=limits.files, bytes=limits.megabytes * 1024 * 1024)
+    pixels_left = [limits.megapixels * 1_000_000]
     results: list[PredictionResult] = []
+
+    def judged(item: Input, probs: np.ndarray, pixels: np.ndarray, digest: str | None) -> PredictionResult:
+        result = make_result(
+            item.name,
+            probs,
+            classes,
+            top_k=top_k,
+            unsure_threshold=unsure_threshold,
+            margin=margin,
+            image=pixels if keep_images else None,
+        )
+        result.digest = digest
+        return result
+
     with ThreadPoolExecutor(max_workers=feeder.workers) as pool:
-        for chunk in _chunks(expand(items), BATCH_SIZE):
-            readable = [item for item in chunk if item.error is None]
-            batch = feeder.decode_many(
-                [item.source for item in readable],
-                range(len(readable)),
-                pool,
-                [item.name for item in readable],
-            )
-            decoded = [k for k in range(len(readable)) if k not in batch.errors]
-            probs = dict(zip(decoded, model.predict(batch.pixels[decoded]), strict=True)) if decoded else {}
-            k = 0
-            for item in chunk:
-                if item.error is not None:
-                    results.append(_error(item.name, item.error, skipped=item.skipped))
-                    continue
-                if k in batch.errors:
-                    results.append(_error(item.name, batch.errors[k].reason))
+        for chunk in _chunks(expand(items, quota), BATCH_SIZE):
+            pending = [_Pending(item) for item in chunk]
+            for p in pending:
+                if p.item.error is not None:
+                    p.result = _error(p.item.name, p.item.error, skipped=p.item.skipped)
                 else:
-                    image = batch.pixels[k].copy() if keep_images else None
-                    results.append(
-                        make_result(
-                            item.name,
-                            probs[k],
-                            classes,
-                            top_k=top_k,
-                            unsure_threshold=unsure_threshold,
-                            margin=margin,
-                            image=image,
-                        )
-                    )
-                k += 1
+                    _admit(p, model_key, pixels_left, max_pixels)
+            todo = []
+            for p in pending:
+                if p.result is None and (hit := SEEN.get((model_key, p.digest)) if model_key else None):
+                    p.result = judged(p.item, hit[0], hit[1], p.digest)
+                elif p.result is None:
+                    todo.append(p)
+            batch = feeder.decode_many(
+                [p.item.source for p in todo], range(len(todo)), pool, [p.item.name for p in todo]
+            )
+            decoded = [k for k in range(len(todo)) if k not in batch.errors]
+            probs = dict(zip(decoded, model.predict(batch.pixels[decoded]), strict=True)) if decoded else {}
+            for k, p in enumerate(todo):
+                if k in batch.errors:
+                    p.result = _error(p.item.name, batch.errors[k].reason)
+                    continue
+                pixels = batch.pixels[k].copy()
+                if model_key is not None and p.digest is not None:
+                    SEEN.put((model_key, p.digest), probs[k], pixels)
+                p.result = judged(p.item, probs[k], pixels, p.digest)
+            results.extend(p.result for p in pending if p.result is not None)
     return results
 
 

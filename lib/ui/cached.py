@@ -25,6 +25,7 @@ from lib.errors import UserError
 from lib.evaluate import predictions as preds
 from lib.models import loader
 from lib.runs import Run
+from lib.serve import gradcam
 from lib.text import readable_label
 from lib.train import augment
 from lib.train.config import TrainConfig
@@ -68,6 +69,20 @@ def _thumb_url(path: str, mtime_ns: int) -> str:
 def history(run: Run) -> pd.DataFrame:
     """history.csv of a run (small: read on each rerun, so a live run's curves grow)."""
     return runs.read_history(run.path)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _heat_map(model_key: tuple, digest: str, class_index: int, _model: Any, _image: np.ndarray) -> np.ndarray:
+    return gradcam.overlay(_image, gradcam.gradcam(_model, _image, class_index))
+
+
+def heat_map(model: loader.LoadedModel, result: Any) -> np.ndarray:
+    """The photo with where the model looked drawn over it; made once per photo, model and class
+    (a rerun of the page doesn't compute it again)."""
+    index = model.classes.index(result.predicted)
+    if result.digest is None:
+        return gradcam.overlay(result.image, gradcam.gradcam(model, result.image, index))
+    return _heat_map(model.key, result.digest, index, model, result.image)
 
 
 def model(run: Run) -> loader.LoadedModel:

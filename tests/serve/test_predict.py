@@ -31,7 +31,7 @@ def batch(predictor, tmp_path_factory):
     ("name", "words"),
     [
         ("notes.txt", "not an image"),
-        ("renamed.jpg", "not an image"),
+        ("renamed.jpg", "PDF document, not a photo"),
         ("truncated.jpg", "corrupt or truncated"),
         ("empty.jpg", "empty (0 bytes)"),
         ("huge.png", "too large"),
@@ -299,7 +299,10 @@ def test_cli_lines_json_and_exit_codes(run_dir, tmp_path, capsys):
     assert code == 0
     assert len(out) == 3
     assert out[0].startswith(f"{good}: Red — ") and out[0].endswith("% sure")
-    assert out[1] == f"{bad}: error: This is not an image file (or its format is not supported)."
+    assert (
+        out[1]
+        == f"{bad}: error: This is not an image file (or its format is not supported): use JPEG, PNG, BMP, GIF or WebP."
+    )
     assert out[2] == f"{tmp_path / 'gone.jpg'}: error: The file does not exist."
 
     code = main(["predict", "--run", str(run_dir), str(good), str(bad), "--json"])
@@ -332,3 +335,44 @@ def test_folders_expand_into_their_photos_recursively(predictor, tmp_path):
     assert [r.ok for r in results] == [True, False, True, False]
     assert results[0].predicted == "red" and "not an image" in results[1].error
     assert results[3].error == "The folder has no files in it."
+
+
+def test_a_batch_is_capped_in_photos_bytes_and_megapixels(predictor):
+    pr.SEEN.clear()  # photos judged before cost no decoding: they would pass the megapixel cap
+    photos = [
+        (f"p{i}.png", encode(Image.fromarray(noisy(COLOURS["red"], seed=50 + i)), "PNG")) for i in range(5)
+    ]
+    results = pr.predict_images(predictor, photos, keep_images=False, limits=pr.Limits(3, 100, 100))
+    assert [r.ok for r in results] == [True, True, True, False, False]
+    assert "Only 3 photos are judged per batch" in results[3].error
+    zipped = zip_bytes({f"z{i}.png": red_png() for i in range(4)})
+    one_mb = pr.Limits(100, 1, 100)
+    big = encode(
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)), "PNG"
+    )
+    results = pr.predict_images(
+        predictor, [("z.zip", zipped), ("big.png", big)], keep_images=False, limits=one_mb
+    )
+    assert [r.ok for r in results] == [True, True, True, True, False] and "over the 1.0 MB limit" in results[
+        4
+    ].error
+    pr.SEEN.clear()
+    results = pr.predict_images(predictor, photos[:3], keep_images=False, limits=pr.Limits(100, 100, 0))
+    assert not any(r.ok for r in results) and "too many megapixels" in results[0].error
+
+
+def test_the_same_photo_is_not_judged_twice_by_the_same_model(predictor, monkeypatch):
+    pr.SEEN.clear()
+    calls = []
+    original = type(predictor).predict
+    monkeypatch.setattr(
+        type(predictor), "predict", lambda self, px: calls.append(len(px)) or original(self, px)
+    )
+    photo = red_png()
+    first = pr.predict_images(predictor, [("a.png", photo)], unsure_threshold=0.5)
+    again = pr.predict_images(predictor, [("b.png", photo)], unsure_threshold=0.999)  # the slider moved
+    assert calls == [1]  # the model ran once
+    assert first[0].digest == again[0].digest and again[0].image is not None
+    assert first[0].confidence == again[0].confidence and again[0].unsure and not first[0].unsure
+    pr.predict_images(predictor, [("c.png", red_png() + b"")], unsure_threshold=0.5)
+    assert calls == [1]
