@@ -279,6 +279,7 @@ def train_command(args: argparse.Namespace) -> int:
     metrics: dict[str, Any] = {}
     with runs.recording_status(run_dir) as outcome:
         metrics = train(config, run_dir, on_progress=on_progress)
+        outcome.finished(metrics)
     bar.close()
     if outcome.state == "cancelled":
         raise KeyboardInterrupt

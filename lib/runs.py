@@ -34,7 +34,7 @@ import psutil
 from lib import files, settings
 from lib.errors import Cancelled, UserError
 from lib.text import first_line
-from lib.vocab import ACTIVE_STATES, HISTORY_COLUMNS, RUN_FILES, RUN_STATES
+from lib.vocab import ACTIVE_STATES, DONE_STATES, HISTORY_COLUMNS, RUN_FILES, RUN_STATES
 
 MAX_NAME = 100
 OUT_OF_MEMORY = "Ran out of memory: try a smaller batch size or image size."
@@ -129,7 +129,7 @@ class Run:
     @property
     def usable(self) -> bool:
         """Finished with a model and nothing damaged: can be evaluated, predicted and exported."""
-        return self.state == "finished" and self.has_model and not self.damaged
+        return self.state in DONE_STATES and self.has_model and not self.damaged
 
     @property
     def data_dir(self) -> str | None:
@@ -198,7 +198,7 @@ def read_run(run_dir: str | Path) -> Run:
             run.metrics = files.read_json(run.path / RUN_FILES["metrics"])
         except (OSError, ValueError) as exc:
             problems.append(f"metrics.json cannot be read ({exc})")
-    if run.state == "finished" and not run.has_model:
+    if run.state in DONE_STATES and not run.has_model:
         problems.append("the run finished but model.keras is missing")
     try:
         run.note = (run.path / RUN_FILES["notes"]).read_text(encoding="utf-8")
@@ -229,7 +229,7 @@ def open_run(run_dir: str | Path, *, need_model: bool = True) -> Run:
         raise UserError(f"The run in {path} has no valid image size (config.json 'image_size').")
     if need_model and not run.has_model:
         state = run.state
-        detail = f" (its state is {state})" if state not in ("finished", "unknown") else ""
+        detail = f" (its state is {state})" if state not in (*DONE_STATES, "unknown") else ""
         raise UserError(f"The run in {path} has no saved model (model.keras){detail}.")
     return run
 
@@ -468,10 +468,18 @@ def _plain(value: Any) -> Any:
 class Outcome:
     """How a training run ended, as recording_status saw it."""
 
-    state: str = "finished"
+    state: str = "finished"  # a caller may set "stopped" (time limit) before the block ends
     reason: str = ""
     kind: str = ""  # what kind of failure (errors' `kind`, "memory", "disk", "error")
     error: BaseException | None = None
+
+    def finished(self, metrics: dict[str, Any]) -> None:
+        """Note how a run that returned normally ended (the time limit makes it "stopped")."""
+        if metrics.get("time_limited"):
+            self.state, self.kind = "stopped", "time_limit"
+            self.reason = str(
+                metrics.get("stopped") or "Stopped at the time limit; the best weights are kept."
+            )
 
 
 def _looks_out_of_memory(exc: BaseException) -> bool:

@@ -49,6 +49,32 @@ def max_pixels() -> int:
     return _int("STUDIO_MAX_PIXELS", 50_000_000)
 
 
+def max_decode_mb() -> int:
+    """Most memory one image may need while it is decoded (estimated from its header, before any
+    pixel exists): 220 MB lets every 50-megapixel image through except very large WebPs."""
+    return _int("STUDIO_MAX_DECODE_MB", 220)
+
+
+def decode_budget_mb() -> int:
+    """Decoded pixels all threads of the process may hold at once; decodes beyond it wait."""
+    return max(max_decode_mb(), _int("STUDIO_DECODE_BUDGET_MB", 600))
+
+
+def max_predict_files() -> int:
+    """Most photos judged in one batch on the Predict page or the CLI (the rest are told to wait)."""
+    return _int("STUDIO_MAX_PREDICT_FILES", 50 if hosted() else 5000)
+
+
+def max_predict_mb() -> int:
+    """Most megabytes of photos (zip members at their unpacked size) in one batch."""
+    return _int("STUDIO_MAX_PREDICT_MB", 50 if hosted() else 5000)
+
+
+def max_predict_megapixels() -> int:
+    """Most megapixels decoded for one batch (about 2 CPU-seconds per 50 megapixels)."""
+    return _int("STUDIO_MAX_PREDICT_MEGAPIXELS", 800 if hosted() else 100_000)
+
+
 def max_upload_mb() -> int:
     return _int("STUDIO_MAX_UPLOAD_MB", 200 if hosted() else 2000)
 
@@ -77,6 +103,41 @@ def _float(name: str, default: float) -> float:
 def max_epochs() -> int:
     """Most epochs (head plus fine-tuning) one training run may ask for."""
     return _int("STUDIO_MAX_EPOCHS", 30 if hosted() else 500)
+
+
+def max_fine_tune_epochs() -> int:
+    """Most fine-tuning epochs (the whole top of the base trains: slow on a CPU)."""
+    return _int("STUDIO_MAX_FINE_TUNE_EPOCHS", 10 if hosted() else 200)
+
+
+def max_fine_tune_layers() -> int:
+    """Most base layers unfrozen for fine-tuning."""
+    return _int("STUDIO_MAX_FINE_TUNE_LAYERS", 100 if hosted() else 500)
+
+
+def max_augmented_views() -> int:
+    """Most augmented views per training image in the feature cache (each costs a feature pass)."""
+    return _int("STUDIO_MAX_AUGMENTED_VIEWS", 5 if hosted() else 20)
+
+
+def max_hidden_units() -> int:
+    """Largest hidden layer of the head."""
+    return _int("STUDIO_MAX_HIDDEN_UNITS", 1024 if hosted() else 8192)
+
+
+def job_time_limit_minutes() -> float:
+    """Wall-clock minutes one training job may take (0: no limit); the best weights so far are kept."""
+    return _float("STUDIO_JOB_TIME_LIMIT_MINUTES", 15.0 if hosted() else 0.0)
+
+
+def max_queued_jobs() -> int:
+    """Training jobs waiting or running on the whole server at once; more are refused with a reason."""
+    return _int("STUDIO_MAX_QUEUED_JOBS", 5 if hosted() else 50)
+
+
+def one_job_per_workspace() -> bool:
+    """Hosted: a visitor may have one job queued or running at a time."""
+    return _flag("STUDIO_ONE_JOB_PER_WORKSPACE", hosted())
 
 
 def max_image_size() -> int:

@@ -37,7 +37,9 @@ def split_name(text: object) -> str | None:
 # Runs and jobs
 # ----------------------------------------------------------------------------------------------
 
-RUN_STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
+RUN_STATES = ("queued", "running", "finished", "stopped", "failed", "cancelled", "interrupted")
+# Ended with a model: "stopped" ran into this server's time limit and kept its best weights.
+DONE_STATES = ("finished", "stopped")
 ACTIVE_STATES = ("queued", "running")
 RESUMABLE_STATES = ("interrupted", "failed", "cancelled")
 RUN_FILES = {

@@ -43,6 +43,8 @@ else:
         + (" (image features already cached)" if cached else "")
         + (" · another job is running, this one will wait in the queue" if jobs.active_jobs(RUNS_DIR) else "")
     )
+if note := jobs.limits_note():
+    st.caption(note)
 if st.button("Start training", type="primary", key="t_start"):
     try:
         state.set_active_run(jobs.start(config, RUNS_DIR))

@@ -13,6 +13,7 @@ from dataclasses import MISSING, Field, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from lib import settings
 from lib.errors import UserError
 from lib.models import build, registry
 from lib.models.registry import BASES, DEFAULT_BASE, BaseSpec
@@ -35,6 +36,16 @@ class Option:
     flag: str | None = None  # CLI flag when not --<field-name>
     cli: bool = True
     form: bool = True
+    cap: str | None = None  # a settings function giving this server's maximum (tighter when hosted)
+
+    def limit(self) -> float | None:
+        """This server's maximum for the field (None: no cap), from lib.settings."""
+        return getattr(settings, self.cap)() if self.cap else None
+
+    def top(self) -> float | None:
+        """The largest value a form may offer: the field's range within this server's cap."""
+        caps = [v for v in (self.high, self.limit()) if v is not None]
+        return min(caps) if caps else None
 
 
 LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
@@ -149,6 +160,17 @@ class TrainConfig:
         """Augmented views per training image in the feature cache."""
         return self.augmented_views if self.augment else 0
 
+    def _check_caps(self) -> None:
+        """This server's limits (settings; tighter on a hosted demo), whatever a widget allowed."""
+        for name, opt in OPTIONS.items():
+            limit, value = opt.limit(), getattr(self, name)
+            if limit is not None and value is not None and value > limit:
+                where = "on this shared demo" if settings.hosted() else "here"
+                raise UserError(
+                    f"{opt.label} can be at most {limit:,} {where} (you asked for {value:,}); "
+                    "run the app on your own computer for bigger runs."
+                )
+
     def resolved(self) -> TrainConfig:
         """A checked copy with the base's canonical name, its default size and the fine-tuning depth filled in."""
         spec = self.spec
@@ -179,6 +201,7 @@ class TrainConfig:
         for ok, message in RULES:
             if not ok(self):
                 raise UserError(message)
+        self._check_caps()
         weights = registry.normalize_weights(spec, self.weights)
         if weights == "bundled" and spec.bundled is None:
             raise UserError(
@@ -247,6 +270,7 @@ OPTIONS: dict[str, Option] = {
         group="basics",
         widget="select",
         choices=("base sizes",),
+        cap="max_image_size",
         help="Images are resized to this square before the base sees them (default: the base's own size). "
         "Larger: slower, sometimes more accurate.",
     ),
@@ -272,6 +296,7 @@ OPTIONS: dict[str, Option] = {
         high=4096,
         step=64,
         help="A Dense layer before the output.",
+        cap="max_hidden_units",
     ),
     "dropout": Option(label="Dropout", group="head", widget="slider", low=0.0, high=0.8, step=0.05),
     "augment": Option(
@@ -298,6 +323,7 @@ OPTIONS: dict[str, Option] = {
         low=1,
         high=10,
         help="Cached variations of each training image.",
+        cap="max_augmented_views",
     ),
     "optimizer": Option(
         label="Optimizer",
@@ -320,6 +346,7 @@ OPTIONS: dict[str, Option] = {
         low=1,
         high=10_000,
         help="Passes over the training images (early stopping may end sooner).",
+        cap="max_epochs",
     ),
     "batch_size": Option(
         label="Batch size",
@@ -353,8 +380,11 @@ OPTIONS: dict[str, Option] = {
         low=0,
         high=500,
         help="Top base layers trained after the head (0: none).",
+        cap="max_fine_tune_layers",
     ),
-    "fine_tune_epochs": Option(label="Fine-tuning epochs", group="fine-tuning", low=0, high=200),
+    "fine_tune_epochs": Option(
+        label="Fine-tuning epochs", group="fine-tuning", low=0, high=200, cap="max_fine_tune_epochs"
+    ),
     "fine_tune_lr": Option(
         label="Fine-tuning learning rate", group="fine-tuning", widget="steps", choices=FINE_TUNE_RATES
     ),

@@ -295,6 +295,8 @@ def train_head(
             eta_seconds=round(per_epoch * (config.epochs - epoch) + 2.0, 1),
         )
         stopped = _stop_reason(config, state, logs["val_accuracy"])
+        if not stopped and session.out_of_time():
+            stopped = session.time_note()
         if stopped:
             break
     if state.best_weights is not None and not stopped.startswith("reached"):

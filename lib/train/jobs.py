@@ -12,11 +12,13 @@ Worker entry point: `python -m lib.train.jobs RUN_DIR`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,8 +30,9 @@ from lib.runs import Run
 from lib.text import duration
 from lib.train.config import TrainConfig, offline_retry
 from lib.train.recipe import train
-from lib.vocab import ACTIVE_STATES, EPOCH_PHASES, RESUMABLE_STATES, RUN_FILES
+from lib.vocab import ACTIVE_STATES, DONE_STATES, EPOCH_PHASES, RESUMABLE_STATES, RUN_FILES
 
+WATCHDOG_GRACE = 180.0  # seconds past the time limit before a worker that didn't stop ends itself
 INTERRUPTED = (
     "The training process stopped unexpectedly (the server restarted or the process was killed). "
     "Its last checkpoint is kept: it can be resumed."
@@ -42,21 +45,68 @@ def max_concurrent() -> int:
 
 
 def start(config: TrainConfig, runs_dir: Path) -> Path:
-    """Create a queued run for `config` and launch its worker process; returns the run folder."""
-    run_dir = runs.create_run(Path(runs_dir), config)
-    _launch(run_dir)
+    """Create a queued run for `config` and launch its worker process; returns the run folder.
+    UserError (nothing created) when this visitor or the server may not start another job now."""
+    with _admission():
+        admit(Path(runs_dir))
+        run_dir = runs.create_run(Path(runs_dir), config)
+        _launch(run_dir)
     return run_dir
 
 
 def resume(run_dir: Path) -> Path:
-    """Restart an interrupted (or failed/cancelled) run in its own folder from its last checkpoint."""
+    """Restart an interrupted (or failed/cancelled) run in its own folder from its last checkpoint.
+    Two tabs pressing Resume at once start one worker: the second is told the run is queued."""
     run_dir = Path(run_dir)
-    if runs.read_run(run_dir).state in ACTIVE_STATES:
-        raise UserError("This run is still queued or running.")
-    (run_dir / RUN_FILES["cancel"]).unlink(missing_ok=True)
-    runs.write_status(run_dir, "queued", reason="Resuming from the last checkpoint.")
-    _launch(run_dir, resume=True)
+    with _admission():
+        if runs.read_run(run_dir).state in ACTIVE_STATES:
+            raise UserError("This run is already queued or running.")
+        admit(run_dir.parent)
+        (run_dir / RUN_FILES["cancel"]).unlink(missing_ok=True)
+        runs.write_status(run_dir, "queued", reason="Resuming from the last checkpoint.")
+        _launch(run_dir, resume=True)
     return run_dir
+
+
+@contextlib.contextmanager
+def _admission():
+    """One start or resume at a time on the whole server, so the checks below can't race."""
+    with open(_jobs_dir() / "admission.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def jobs_in_flight() -> int:
+    """Jobs queued or running on the whole server: waiting tickets plus held slots."""
+    held = 0
+    for lock in _jobs_dir().glob("slot-*.lock"):
+        with open(lock, "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fh, fcntl.LOCK_UN)
+            except OSError:
+                held += 1
+    return len(_live_tickets()) + held
+
+
+def admit(runs_dir: Path) -> None:
+    """UserError, in plain words, when another job may not start now: this visitor already has
+    one (hosted), or the server's queue is full."""
+    if settings.one_job_per_workspace():
+        mine = active_jobs(runs_dir)
+        if mine:
+            raise UserError(
+                f"You already have a training run {mine[0].state} ({mine[0].name}): wait for it to finish, "
+                "or cancel it, before starting another."
+            )
+    busy = jobs_in_flight()
+    if busy >= settings.max_queued_jobs():
+        raise UserError(
+            f"The training queue of this server is full ({busy} jobs): try again in a few minutes."
+        )
 
 
 def _launch(run_dir: Path, resume: bool = False) -> None:
@@ -122,6 +172,16 @@ def delete(run_dir: Path) -> None:
     if runs.read_run(run_dir).state in ACTIVE_STATES:
         cancel(run_dir)
     runs.delete_run(run_dir)
+
+
+def limits_note() -> str:
+    """This server's limits on training, in one sentence ("" when there are none worth saying)."""
+    parts = []
+    if minutes := settings.job_time_limit_minutes():
+        parts.append(f"runs stop after {minutes:g} minutes (keeping their best weights)")
+    if settings.one_job_per_workspace():
+        parts.append("you can have one run queued or running at a time")
+    return ("On this server, " + " and ".join(parts) + ".") if parts else ""
 
 
 def active_jobs(runs_dir: Path) -> list[Run]:
@@ -224,6 +284,23 @@ def _wait_for_slot(run_dir: Path, slots: int, cancel_flag: Path, ticket: Path | 
         ticket.unlink(missing_ok=True)
 
 
+def _watchdog(run_dir: Path, seconds: float) -> None:
+    """A backstop behind the time limit: a run that has not stopped by itself soon after it (stuck
+    in one long step) is ended by its own process, with a status saying why."""
+
+    def guard() -> None:
+        time.sleep(seconds)
+        runs.write_status(
+            run_dir,
+            "failed",
+            reason="Stopped at this server's time limit before a model could be saved.",
+            kind="time_limit",
+        )
+        os._exit(1)
+
+    threading.Thread(target=guard, name="time-limit", daemon=True).start()
+
+
 def work(run_dir: Path, slots: int, resume: bool = False, ticket: Path | None = None) -> int:
     """The worker: wait for a slot, train, and leave a final status whatever happens."""
     run_dir = Path(run_dir)
@@ -231,13 +308,18 @@ def work(run_dir: Path, slots: int, resume: bool = False, ticket: Path | None = 
     cancel_flag = run_dir / RUN_FILES["cancel"]
     with runs.recording_status(run_dir) as outcome:
         slot = _wait_for_slot(run_dir, slots, cancel_flag, ticket)  # noqa: F841 - held until the process ends
+        if limit := settings.job_time_limit_minutes() * 60:
+            _watchdog(run_dir, limit + WATCHDOG_GRACE)
         runs.write_status(run_dir, "running", pid=os.getpid(), progress={"phase": "starting"})
         config = TrainConfig.from_file(run_dir / RUN_FILES["config"])
         on_progress = runs.progress_writer(run_dir, pid=os.getpid())
-        train(config, run_dir, on_progress=on_progress, should_stop=cancel_flag.exists, resume=resume)
+        metrics = train(
+            config, run_dir, on_progress=on_progress, should_stop=cancel_flag.exists, resume=resume
+        )
         if cancel_flag.exists():
             raise Cancelled()
-    return 0 if outcome.state in ("finished", "cancelled") else 1
+        outcome.finished(metrics)
+    return 0 if outcome.state in (*DONE_STATES, "cancelled") else 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,10 +386,11 @@ def view(run: Run) -> JobView:
             job.fraction, job.progress_text = 0.0, "Starting (loading TensorFlow and the base model)…"
         if progress.get("eta_seconds") is not None:
             job.eta_text = f"About {duration(progress['eta_seconds'])} left."
-    elif state == "finished":
+    elif state in DONE_STATES:
         m = run.metrics
         job.message = (
-            f"Finished in {duration(m.get('train_seconds'))}"
+            ("Stopped at this server's time limit" if state == "stopped" else "Finished")
+            + f" in {duration(m.get('train_seconds'))}"
             + (
                 f": validation accuracy **{m['val_accuracy']:.1%}**"
                 if m.get("val_accuracy") is not None

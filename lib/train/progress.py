@@ -23,7 +23,11 @@ class Session:
     """What every phase of a run reports to (and where it learns that the user wants it to stop)."""
 
     def __init__(
-        self, run_dir: Path, on_progress: ProgressFn | None = None, should_stop: StopFn | None = None
+        self,
+        run_dir: Path,
+        on_progress: ProgressFn | None = None,
+        should_stop: StopFn | None = None,
+        time_limit: float = 0.0,
     ):
         self.run_dir = Path(run_dir)
         self.on_progress = on_progress
@@ -31,6 +35,19 @@ class Session:
         self.history: list[dict[str, Any]] = []
         self._last_features = 0.0
         self.started = time.perf_counter()
+        self.time_limit = float(time_limit)  # seconds of wall clock (0: none)
+        self.timed_out = False
+
+    def out_of_time(self) -> bool:
+        """Whether the run has used up its time limit: training phases then stop at the end of the
+        current epoch and keep their best weights (the run ends as "stopped")."""
+        if self.time_limit and time.perf_counter() - self.started >= self.time_limit:
+            self.timed_out = True
+        return self.timed_out
+
+    def time_note(self) -> str:
+        minutes = self.time_limit / 60
+        return f"stopped at the time limit ({minutes:g} min): the best weights so far are kept"
 
     def report(self, **progress: Any) -> None:
         if self.on_progress is None:
@@ -105,6 +122,9 @@ class Session:
                 )
                 if target and logs.get("val_accuracy", 0.0) >= target:
                     self.reason = f"reached the target validation accuracy {target:.2%}"
+                    self.model.stop_training = True
+                if session.out_of_time():
+                    self.reason = session.time_note()
                     self.model.stop_training = True
                 if session.stop_requested():
                     self.model.stop_training = True

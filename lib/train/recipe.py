@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lib import files, runs
+from lib import files, runs, settings
 from lib.data.feeder import Stream
 from lib.data.images import decode
 from lib.data.scan import load_scan
@@ -67,14 +67,18 @@ def train(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     resume: bool = False,
+    time_limit: float | None = None,
 ) -> dict[str, Any]:
     """Train as configured, writing the run folder (config, classes, history, model, metrics, log);
     returns the metrics. Raises Cancelled when should_stop() turns true (no model is saved), and
     UserError for bad data or settings. status.json is the caller's (see lib.runs.recording_status).
-    The head is checkpointed every epoch; resume=True continues from the last checkpoint."""
+    The head is checkpointed every epoch; resume=True continues from the last checkpoint. After
+    `time_limit` seconds (default: settings.job_time_limit_minutes()) training stops at the end of
+    its epoch, keeps its best weights and finishes; the metrics then say "time_limited"."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     config = config.resolved()
-    session = Session(Path(run_dir), on_progress, should_stop)
+    limit = settings.job_time_limit_minutes() * 60 if time_limit is None else time_limit
+    session = Session(Path(run_dir), on_progress, should_stop, time_limit=limit)
     session.run_dir.mkdir(parents=True, exist_ok=True)
     data = prepare_data(config, session)
     base = prepare_base(config, data, session)
@@ -82,7 +86,9 @@ def train(
         fitted = fit_on_features(config, data, base, session, resume=resume)
     else:
         fitted = fit_on_images(config, data, base, session)
-    if config.fine_tuning:
+    if config.fine_tuning and session.out_of_time():
+        fitted.metrics["fine_tuning"] = f"skipped: {session.time_note()}"
+    elif config.fine_tuning:
         fitted = fine_tune(config, data, base, fitted, session)
     elif config.fine_tune_epochs > 0:
         fitted.metrics["fine_tuning"] = "skipped: the base was trained from scratch, all of it already trains"
@@ -245,6 +251,7 @@ def finish(
     test = fitted.test or evaluate_images(fitted.model, config, data, "test")
     _save_model(fitted.model, session.run_dir)
     metrics = {
+        "time_limited": session.timed_out,
         "classes": data.classes,
         "base": config.base,
         "image_size": config.image_size,

@@ -28,7 +28,7 @@ def _ranged(name: str, value: Any, opt: Option, choices: list[Any] | None, high:
     if choices is not None:
         return value if value in choices else choices[0]
     if opt.widget in ("number", "slider") and opt.low is not None:
-        top = high if high is not None else opt.high
+        top = high if high is not None else opt.top()
         kind = float if opt.widget == "slider" or isinstance(opt.step, float) else int
         return kind(min(max(value, opt.low), top if top is not None else value))
     return value
@@ -69,11 +69,11 @@ def field(
         value = box.toggle(opt.label, key=key, help=opt.help or None, disabled=disabled)
     elif opt.widget == "slider":
         value = box.slider(
-            opt.label, float(opt.low), float(high if high is not None else opt.high), step=float(opt.step or 0.01),
+            opt.label, float(opt.low), float(high if high is not None else opt.top()), step=float(opt.step or 0.01),
             key=key, help=opt.help or None, disabled=disabled,
         )  # fmt: skip
     else:
-        top = high if high is not None else opt.high
+        top = high if high is not None else opt.top()
         value = box.number_input(
             opt.label,
             int(opt.low),
@@ -119,7 +119,10 @@ def _weights(container: Any, spec: registry.BaseSpec) -> str:
         return "auto"
     path = ""
     upload = container.file_uploader(
-        "A .h5 / .weights.h5 file for this base", type=["h5"], key="cfg_weights_upload"
+        "A .h5 / .weights.h5 file for this base",
+        type=["h5"],
+        key="cfg_weights_upload",
+        max_upload_size=settings.max_model_mb(),
     )
     if settings.allow_server_folders():
         path = container.text_input("…or its path on the server", key="cfg_weights_path")
@@ -149,7 +152,7 @@ def train_form(root: Path, scan: Scan) -> TrainConfig:
     size = field("image_size", c3, choices=sizes)
 
     c1, c2, c3, c4 = st.columns(4)
-    epochs = field("epochs", c1, high=settings.max_epochs())
+    epochs = field("epochs", c1)
     values = {
         "epochs": epochs,
         "batch_size": field("batch_size", c2),

@@ -18,6 +18,7 @@ from lib.runs import Run
 from lib.text import md_escape, readable_label
 from lib.train import jobs
 from lib.ui import cached, charts, state
+from lib.vocab import DONE_STATES
 
 
 def stop_with(message: str, page: str | None = None, label: str = "") -> None:
@@ -122,7 +123,7 @@ def _job_body(view: jobs.JobView) -> None:
         st.progress(view.fraction or 0.0, text=view.progress_text)
         if view.eta_text:
             st.caption(view.eta_text)
-    elif view.state == "finished":
+    elif view.state in DONE_STATES:
         st.success(view.message)
         if view.note:
             st.caption(md_escape(view.note))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import fields
 
 import pytest
@@ -46,7 +47,7 @@ def test_every_value_the_form_offers_passes_the_check(name):
         values = [True, False]
     else:
         kind = type(f.default)
-        values = [kind(opt.low), kind(opt.high)]
+        values = [kind(opt.low), kind(opt.top())]
     for value in values:
         TrainConfig(data_dir="/d", **{name: value}).check()
 
@@ -76,3 +77,24 @@ def test_a_run_config_file_reproduces_the_run(tmp_path):
     assert TrainConfig.from_file(tmp_path) == config == TrainConfig.from_file(tmp_path / "config.json")
     with pytest.raises(UserError, match="cannot be read"):
         TrainConfig.from_file(tmp_path / "missing.json")
+
+
+def test_hosted_caps_are_enforced_by_the_config_not_only_the_widgets(monkeypatch):
+    monkeypatch.setenv("STUDIO_HOSTED", "1")
+    ok = TrainConfig(data_dir="/d", epochs=30, image_size=224, augmented_views=5, hidden_units=1024)
+    ok.check()
+    for field, value, words in (
+        ("epochs", 31, "Epochs can be at most 30 on this shared demo"),
+        ("image_size", 256, "Image size (px) can be at most 224"),
+        ("augmented_views", 6, "Augmented views per image can be at most 5"),
+        ("hidden_units", 2048, "Hidden layer units (0 = none) can be at most 1,024"),
+        ("fine_tune_epochs", 11, "Fine-tuning epochs can be at most 10"),
+        ("fine_tune_layers", 101, "Layers to unfreeze can be at most 100"),
+    ):
+        with pytest.raises(UserError, match=re.escape(words)):
+            TrainConfig(data_dir="/d", **{"epochs": 30, field: value}).check()
+    monkeypatch.setenv("STUDIO_MAX_EPOCHS", "3")
+    with pytest.raises(UserError, match="at most 3"):
+        TrainConfig(data_dir="/d", epochs=4).check()
+    opts = {f.name: o for f, o in options()}
+    assert opts["epochs"].top() == 3 and opts["hidden_units"].top() == 1024  # what the form offers

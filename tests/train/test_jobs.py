@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lib import files, runs
-from lib.errors import Cancelled
+from lib.errors import Cancelled, UserError
 from lib.models import registry
 from lib.train import jobs
 from lib.train.config import TrainConfig
@@ -187,3 +187,48 @@ def test_the_job_view_says_what_to_show(tiny_dataset, tmp_path):
     assert jobs.view(runs.read_run(run_dir)).retry is None
     seen = (run_dir.name, "running")
     assert jobs.just_ended(seen, runs.read_run(run_dir)) and not jobs.just_ended(None, runs.read_run(run_dir))
+
+
+def test_the_time_limit_stops_training_keeps_the_best_weights_and_ends_as_stopped(tiny_dataset, tmp_path):
+    config = TrainConfig(data_dir=str(tiny_dataset), weights="bundled", epochs=50, early_stopping=0, seed=3)
+    run_dir = runs.create_run(tmp_path / "models", config)
+    with runs.recording_status(run_dir) as outcome:
+        metrics = train(config, run_dir, time_limit=1e-6)  # over at the first check
+        outcome.finished(metrics)
+    run = runs.read_run(run_dir)
+    assert metrics["time_limited"] and metrics["epochs_run"] == 1
+    assert "time limit" in metrics["stopped"] and run.has_model
+    assert run.state == "stopped" and run.usable and "time limit" in run.reason
+    assert jobs.view(run).message.startswith("Stopped at this server's time limit")
+
+
+def test_a_visitor_gets_one_job_at_a_time_and_the_server_queue_has_a_cap(tiny_dataset, tmp_path, monkeypatch):
+    runs_dir = tmp_path / "models"
+    busy = runs.create_run(runs_dir, _config(tiny_dataset))
+    runs.write_status(busy, "running", pid=os.getpid())
+    monkeypatch.setenv("STUDIO_ONE_JOB_PER_WORKSPACE", "1")
+    with pytest.raises(UserError, match="already have a training run running"):
+        jobs.start(_config(tiny_dataset), runs_dir)
+    assert len(list(runs_dir.iterdir())) == 1  # nothing was created
+    monkeypatch.setenv("STUDIO_ONE_JOB_PER_WORKSPACE", "0")
+    monkeypatch.setenv("STUDIO_MAX_QUEUED_JOBS", "1")
+    ticket = jobs._jobs_dir() / f"ticket-{time.time_ns():020d}-x"
+    files.write_json(ticket, {"pid": os.getpid(), "pid_started": runs.process_started(os.getpid())})
+    try:
+        with pytest.raises(UserError, match=r"queue of this server is full \(1 jobs\)"):
+            jobs.start(_config(tiny_dataset), tmp_path / "other")
+    finally:
+        ticket.unlink()
+
+
+def test_two_tabs_pressing_resume_start_one_worker(tiny_dataset, tmp_path):
+    run_dir = runs.create_run(tmp_path / "models", _config(tiny_dataset, epochs=2))
+    runs.write_status(run_dir, "interrupted", reason="the server restarted")
+    jobs.resume(run_dir)
+    with pytest.raises(UserError, match="already queued or running"):
+        jobs.resume(run_dir)
+    assert _wait(run_dir, {"finished", "failed"})["state"] == "finished"
+    assert (
+        len([line for line in (run_dir / "log.txt").read_text().splitlines() if "Training SmallCNN" in line])
+        == 1
+    )
