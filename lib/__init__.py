@@ -8,6 +8,7 @@
     ui/        the only Streamlit importer: frame, state, cached loaders, forms, widgets, charts
 
 and a few small shared modules: errors, settings, text, vocab (every fixed name), files (the one
-atomic writer), runs (the run store and the one Run record), workspace (hosted visitors), cli.
+atomic writer), runs (the run store and the one Run record), workspace (hosted visitors), storage
+(what the caches hold, cleaning up after killed processes), cli.
 Nothing here imports TensorFlow at import time: functions that need it import it themselves.
 """

@@ -1,9 +1,10 @@
-"""`python -m lib ...`: the shell interface, mirroring the app (scan, train, evaluate, predict, runs).
+"""`python -m lib ...`: the shell interface, mirroring the app (scan, train, evaluate, predict, runs,
+cache).
 
 `train`'s flags are generated from TrainConfig's fields (names, help, defaults), so the CLI, the
 Train page and config.json can never drift apart; `--config RUN/config.json` reproduces a run and
 flags override it. Every UserError becomes one line on stderr and exit code 2; the last stdout line
-of scan, train, evaluate and runs is JSON. Nothing heavy is imported until a command runs.
+of scan, train, evaluate, runs and cache is JSON. Nothing heavy is imported until a command runs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from lib import runs, settings
+from lib import runs, settings, storage
 from lib.data.layouts import check_folder
 from lib.data.scan import health_report, scan
 from lib.errors import UserError
@@ -26,7 +27,8 @@ from lib.evaluate.report import write_report
 from lib.models import loader
 from lib.models.registry import BASES
 from lib.serve.predict import percent, predict_images
-from lib.text import clock
+from lib.text import clock, size_text
+from lib.train import features
 from lib.train.config import TrainConfig, default_of, options
 from lib.train.recipe import train
 from lib.vocab import EPOCH_PHASES, EVAL_SPLITS, SPLITS, WEIGHTS
@@ -118,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list the trained runs (state, accuracy, note)")
     p.add_argument("--runs-dir", default=None, metavar="DIR", help="runs folder (default: models/)")
     p.add_argument("--json", action="store_true", help="print the list as JSON")
+
+    p = sub.add_parser("cache", help="show what the cache folder holds (features, scans, predictions …)")
+    p.add_argument(
+        "--clear", action="store_true", help="clear the cached image features (rebuilt when needed)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -266,8 +274,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def train_command(args: argparse.Namespace) -> int:
     """Train one run with a progress bar; the last stdout line is JSON (exit 1 if training failed)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    runs_dir = Path(args.runs_dir) if args.runs_dir else settings.runs_dir()
+    storage.clean_temp_files(runs_dir)  # what killed runs left half-written
     config = config_from_args(args)
-    run_dir = runs.create_run(Path(args.runs_dir) if args.runs_dir else settings.runs_dir(), config)
+    run_dir = runs.create_run(runs_dir, config)
     bar = ProgressBar(quiet=args.quiet)
     write = runs.progress_writer(run_dir)
 
@@ -401,12 +411,48 @@ def runs_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------
+# cache
+# ----------------------------------------------------------------------------------------------
+
+
+def cache_command(args: argparse.Namespace) -> int:
+    """What each cache folder holds and its size; --clear empties the feature cache (exit 0)."""
+    freed = features.clear_feature_cache() if args.clear else None
+    report = storage.cache_report()
+    summary: dict[str, Any] = {
+        "cache_dir": str(settings.cache_dir()),
+        "folders": {u.name: u.bytes for u in report},
+        "total_bytes": sum(u.bytes for u in report),
+        "feature_cache_limit_bytes": features.cache_limit(),
+    }
+    if freed is not None:
+        summary["freed_bytes"] = freed
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"Cache: {settings.cache_dir()}")
+    if not report:
+        print("The cache is empty.")
+    width = max([len(u.name) for u in report] or [0])
+    for u in report:
+        print(f"  {u.name:<{width}}  {size_text(u.bytes):>12}  {u.what}")
+    print(
+        f"Total {size_text(summary['total_bytes'])}; cached features may take at most {size_text(features.cache_limit())}."
+    )
+    if freed is not None:
+        print(f"Cleared the cached image features: {size_text(freed)} freed.")
+    print(json.dumps(summary))
+    return 0
+
+
 COMMANDS = {
     "scan": scan_command,
     "train": train_command,
     "evaluate": evaluate_command,
     "predict": predict_command,
     "runs": runs_command,
+    "cache": cache_command,
 }
 
 

@@ -43,5 +43,15 @@ class WeightsUnavailable(UserError):
     kind = "weights_unavailable"
 
 
+class DiskFull(UserError):
+    """Not enough free disk space (or room left under a quota) for what is about to be written.
+
+    Raised before writing, so nothing half-written is left behind; a training run ends "failed"
+    with kind "disk" (see lib.runs.recording_status).
+    """
+
+    kind = "disk"
+
+
 class Cancelled(Exception):
     """The user asked a run to stop. Raised where the stop is noticed, caught once (lib.runs.recording_status)."""

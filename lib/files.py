@@ -3,13 +3,18 @@
 Everything the app saves (run files, models, feature caches, predictions, reports, exports) goes
 through `atomic_path` or `atomic_dir`: write to a temporary sibling, flush, rename into place, fsync
 the folder. A process killed half-way leaves only a temporary file, which `clean_temp` removes later.
+Before a big write, `ensure_free` checks the disk has room (a full disk is a plain "disk full", never
+a half-written file), and `preallocate` reserves a memory-mapped file's blocks up front (writing
+into a sparse mapping on a full disk kills the process with SIGBUS instead of raising).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -19,7 +24,13 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from lib import settings
+from lib.errors import DiskFull
+from lib.text import size_text
+
 TEMP_PREFIX = ".tmp-"
+# Temporary names end in .<pid>.<8 hex digits>[suffix]: the process that was writing it.
+_TEMP_OWNER = re.compile(r"\.(\d+)\.[0-9a-f]{8}(?:\.[^.]*)?$")
 
 
 def _read_umask() -> int:
@@ -143,8 +154,29 @@ def writable_dir(path: str | Path) -> bool:
         return False
 
 
+def _owner_gone(name: str) -> bool:
+    """Whether the process named in a temporary file's name (…<pid>.<hex>) no longer runs here."""
+    found = _TEMP_OWNER.search(name)
+    if found is None:
+        return False
+    pid = int(found.group(1))
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):
+        return False  # alive but not ours (EPERM), or not a pid at all
+    return False
+
+
 def clean_temp(folder: str | Path, max_age_seconds: float = 6 * 3600) -> int:
-    """Remove temporary files and folders left in `folder` by killed processes; returns how many."""
+    """Remove temporary files and folders left in `folder` by killed processes; returns how many.
+
+    A temporary is removed when the process that wrote it is gone, or when it is older than
+    `max_age_seconds` (written by another machine sharing the folder, or of unknown origin).
+    """
     removed = 0
     try:
         entries = list(Path(folder).iterdir())
@@ -155,7 +187,7 @@ def clean_temp(folder: str | Path, max_age_seconds: float = 6 * 3600) -> int:
         if not entry.name.startswith(TEMP_PREFIX):
             continue
         try:
-            if now - entry.lstat().st_mtime < max_age_seconds:
+            if now - entry.lstat().st_mtime < max_age_seconds and not _owner_gone(entry.name):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
@@ -165,3 +197,82 @@ def clean_temp(folder: str | Path, max_age_seconds: float = 6 * 3600) -> int:
         except OSError:
             continue
     return removed
+
+
+def clean_temp_tree(root: str | Path, depth: int) -> int:
+    """clean_temp in `root` and its sub-folders down to `depth` levels (symlinks not followed)."""
+    removed = clean_temp(root)
+    if depth <= 0:
+        return removed
+    try:
+        with os.scandir(root) as it:
+            subdirs = [
+                e.path for e in it if not e.name.startswith(TEMP_PREFIX) and e.is_dir(follow_symlinks=False)
+            ]
+    except OSError:
+        return removed
+    for sub in subdirs:
+        removed += clean_temp_tree(sub, depth - 1)
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------
+# Disk space
+# ----------------------------------------------------------------------------------------------
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the disk holding `path` (or its nearest existing parent), for this user."""
+    here = Path(path).absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    try:
+        return shutil.disk_usage(here).free
+    except OSError:
+        return 1 << 62  # can't tell: let the write itself find out
+
+
+def tree_bytes(path: str | Path) -> int:
+    """Bytes the files under `path` take (symlinks not followed; 0 when it doesn't exist)."""
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(path):
+        for name in filenames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    with contextlib.suppress(OSError):
+        if Path(path).is_file():
+            total += os.lstat(path).st_size
+    return total
+
+
+def disk_full_message(what: str, needed: int, free: int) -> str:
+    return (
+        f"The disk is full: {what} needs {size_text(needed)} but only {size_text(max(free, 0))} "
+        "can be used. Free some space (or delete old runs) and try again."
+    )
+
+
+def ensure_free(path: str | Path, needed: int, what: str) -> None:
+    """Raise DiskFull unless `needed` bytes fit on the disk of `path` with settings.min_free_mb() to spare."""
+    free = free_bytes(path) - settings.min_free_mb() * 1_000_000
+    if needed > free:
+        raise DiskFull(disk_full_message(what, needed, free))
+
+
+def preallocate(path: str | Path, what: str) -> None:
+    """Reserve the disk blocks of an existing (sparse) file, so writing through a memory map can't
+    hit a full disk (SIGBUS) later: a full disk raises DiskFull here instead. File systems without
+    fallocate are left as they are."""
+    size = os.path.getsize(path)
+    if size == 0 or not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFull(disk_full_message(what, size, free_bytes(path))) from exc
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)

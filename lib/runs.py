@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import numbers
 import os
 import re
 import shutil
@@ -33,7 +34,7 @@ import psutil
 
 from lib import files, settings
 from lib.errors import Cancelled, UserError
-from lib.text import first_line
+from lib.text import csv_safe, first_line
 from lib.vocab import ACTIVE_STATES, DONE_STATES, HISTORY_COLUMNS, RUN_FILES, RUN_STATES
 
 MAX_NAME = 100
@@ -543,9 +544,17 @@ def read_history(run_dir: str | Path):
         return pd.DataFrame(columns=list(HISTORY_COLUMNS))
 
 
+def _csv_text(value: object) -> str:
+    """A text cell of history.csv: formula-safe, and quoted when it holds a comma, quote or line break."""
+    text = str(csv_safe(str(value)))
+    if any(ch in text for ch in ',"\r\n'):
+        text = '"' + text.replace('"', '""') + '"'
+    return text
+
+
 def write_history(run_dir: str | Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite history.csv with all epochs so far (small; atomic, so a reader never sees half a line)."""
-    lines = [",".join(HISTORY_COLUMNS)]
+    lines = [",".join(_csv_text(c) for c in HISTORY_COLUMNS)]
     for row in rows:
         cells = []
         for col in HISTORY_COLUMNS:
@@ -554,8 +563,10 @@ def write_history(run_dir: str | Path, rows: list[dict[str, Any]]) -> None:
                 cells.append("")
             elif isinstance(value, float):
                 cells.append(f"{value:.6g}")
-            else:
+            elif isinstance(value, numbers.Real):  # ints, numpy numbers
                 cells.append(str(value))
+            else:  # text (the phase): never a spreadsheet formula, never a broken row
+                cells.append(_csv_text(value))
         lines.append(",".join(cells))
     files.write_atomic(Path(run_dir) / RUN_FILES["history"], "\n".join(lines) + "\n")
 

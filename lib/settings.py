@@ -165,6 +165,21 @@ def workspace_ttl_hours() -> float:
     return max(0.01, _float("STUDIO_WORKSPACE_TTL_HOURS", 24.0))
 
 
+def workspace_quota_mb() -> int:
+    """Hosted: most megabytes one visitor's workspace (uploads and runs) may hold; 0 means no limit."""
+    return max(0, _int("STUDIO_WORKSPACE_QUOTA_MB", 1000 if hosted() else 0))
+
+
+def feature_cache_mb() -> int:
+    """Most megabytes the shared feature cache may hold (the least recently used entries leave first)."""
+    return max(1, _int("STUDIO_FEATURE_CACHE_MB", 2000 if hosted() else 20_000))
+
+
+def min_free_mb() -> int:
+    """Megabytes of disk always left free: a write that would eat into them is refused as "disk full"."""
+    return max(0, _int("STUDIO_MIN_FREE_MB", 500 if hosted() else 200))
+
+
 def allow_model_uploads() -> bool:
     """Whether visitors may upload model or weights files (off by default when hosted)."""
     return _flag("STUDIO_ALLOW_MODEL_UPLOADS", not hosted())

@@ -2,15 +2,21 @@
 
 One Markdown escaper serves Streamlit and the Markdown report (CommonMark lets any ASCII punctuation
 be backslash-escaped; Streamlit adds :colour[...] directives, :emoji: codes and $math$, so ':' and
-'$' are escaped too). One formula neutralizer serves every CSV the app writes.
+'$' are escaped too). One HTML escaper serves Plotly labels and hover text. One formula neutralizer
+serves every CSV the app writes. `strip_paths` takes this server's folders out of text that leaves it.
 """
 
 from __future__ import annotations
 
+import html
 import re
+from collections.abc import Iterable, Sequence
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&\"'=^])")
 _CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# An absolute path's folders (not a URL's, not a relative path's): "/srv/app/lib/x.py" -> "x.py".
+_PATH_CHARS = r"[^\s/'\"<>:,;()\[\]{}|`]"
+_ABS_FOLDERS = re.compile(rf"(?<![\w.:/~<>\\-])/(?:{_PATH_CHARS}+/)+")
 
 
 def md_escape(text: object) -> str:
@@ -20,6 +26,13 @@ def md_escape(text: object) -> str:
     return _MD_SPECIAL.sub(r"\\\1", s)
 
 
+def plot_escape(text: object) -> str:
+    """Escape text for Plotly labels, tick texts and hover text, which render a subset of HTML
+    (<a href>, <span style>, <b>, <br>) and fill in %{...} placeholders: user text shows literally."""
+    s = html.escape(re.sub(r"[\r\n\t]+", " ", str(text)), quote=False)  # Plotly knows no &quot;
+    return s.replace("%", "&#37;").replace("{", "&#123;").replace("}", "&#125;")
+
+
 def readable_label(name: str) -> str:
     """Class folder name to a label for people: "bean_rust" -> "Bean rust", "cats" -> "Cats"."""
     words = re.sub(r"[_\-]+", " ", str(name)).strip()
@@ -27,6 +40,20 @@ def readable_label(name: str) -> str:
     if not words:
         return str(name)
     return words[0].upper() + words[1:]
+
+
+def readable_labels(classes: Iterable[str]) -> dict[str, str]:
+    """Labels for a set of classes, distinct even when readable_label makes two the same
+    ("cats"/"Cats", "bean_rust"/"bean-rust"): those show their folder names, "Bean rust (bean_rust)"."""
+    names = [str(c) for c in classes]
+    plain = {c: readable_label(c) for c in names}
+    seen: dict[str, int] = {}
+    for label in plain.values():
+        seen[label.casefold()] = seen.get(label.casefold(), 0) + 1
+    labels = {c: f"{plain[c]} ({c})" if seen[plain[c].casefold()] > 1 else plain[c] for c in names}
+    if len(set(labels.values())) < len(labels):  # a folder named like another's label: names as typed
+        return {c: c for c in names}
+    return labels
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
@@ -72,3 +99,21 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's first line of text (or its type name), shortened for a status or a log."""
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def strip_paths(text: str, known: Sequence[tuple[str, str]], *, others: bool = True) -> str:
+    """Text without this server's folders: each known folder becomes its replacement (a dataset its
+    folder name, the app's own folder nothing) and, with `others`, any other absolute path keeps
+    only its last part. For what leaves a hosted server (logs, configs, reports)."""
+    for prefix, repl in sorted(known, key=lambda kv: -len(kv[0])):
+        prefix = prefix.rstrip("/")
+        if not prefix:
+            continue
+
+        def swap(m: re.Match[str], repl: str = repl) -> str:
+            if repl:
+                return repl + m.group(1)
+            return "" if m.group(1) else "."
+
+        text = re.sub(re.escape(prefix) + r"(/|(?![\w-]|\.[\w-]))", swap, text)  # "…beans." ends a sentence
+    return _ABS_FOLDERS.sub("", text) if others else text

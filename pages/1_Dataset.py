@@ -8,7 +8,7 @@ from lib import settings
 from lib.data import sources
 from lib.data.scan import majority_baseline, problems_table
 from lib.errors import UserError
-from lib.text import md_escape, plural, readable_label
+from lib.text import md_escape, plural, readable_labels
 from lib.ui import cached, charts, forms, state, widgets
 from lib.vocab import SPLITS
 
@@ -41,7 +41,7 @@ with st.container(border=True):
             if upload is not None and st.button("Open this zip", type="primary"):
                 with st.spinner("Unpacking…"):
                     data = upload.getvalue()
-                    state.set_dataset(sources.open_upload(data, state.upload_dir(upload.name, data)))
+                    state.set_dataset(state.open_zip(upload.name, data))
         elif source == "folder":
             folder = st.text_input("Folder path", placeholder="/home/me/photos")
             if st.button("Open folder", type="primary") and folder:
@@ -52,13 +52,14 @@ with st.container(border=True):
                 with st.spinner("Downloading (68 MB)…"):
                     state.set_dataset(sources.download_cats_vs_dogs(settings.cache_dir() / "downloads"))
     except UserError as exc:
-        st.error(str(exc))
+        widgets.error(exc)
 
 if state.current_dataset() is None:
     widgets.stop_with("No dataset yet. Pick the bundled sample above to look around: it's one click.")
 root, scan = widgets.need_dataset()
 manifest = scan.manifest
 usable = scan.usable
+labels = readable_labels(scan.classes)
 shown_root = root.name if settings.hosted() else str(root)
 st.success(
     f"**{md_escape(shown_root)}**: {plural(len(usable), 'usable image')} in "
@@ -72,7 +73,7 @@ st.plotly_chart(charts.class_balance(manifest, scan.classes), key="class_balance
 baseline = majority_baseline(scan)
 if baseline is not None:
     st.markdown(
-        f"A model that always answers **{md_escape(readable_label(baseline.label))}** would be right "
+        f"A model that always answers **{md_escape(labels.get(baseline.label, baseline.label))}** would be right "
         f"**{baseline.accuracy:.0%}** of the time on the {baseline.split} split: a useful model must beat that."
     )
 
@@ -93,7 +94,7 @@ if st.button("🔀 Show other examples"):
 seed = st.session_state.get("sample_seed", 0)
 for cls in scan.classes:
     rows = usable[usable["class"] == cls]
-    st.markdown(f"**{md_escape(readable_label(cls))}** · {plural(len(rows), 'image')}")
+    st.markdown(f"**{md_escape(labels[cls])}** · {plural(len(rows), 'image')}")
     picked = rows.sample(n=min(per_class, len(rows)), random_state=seed) if len(rows) else rows
     for col, (_, row) in zip(st.columns(per_class), picked.iterrows(), strict=False):
         col.image(

@@ -10,7 +10,7 @@ from lib.evaluate.compare import compare_runs
 from lib.evaluate.metrics import metrics_from_predictions, per_class_table
 from lib.evaluate.report import write_report
 from lib.runs import public_config
-from lib.text import md_escape, plural, readable_label
+from lib.text import md_escape, plural, readable_labels
 from lib.ui import cached, charts, widgets
 
 st.title("3 · Evaluate")
@@ -30,12 +30,13 @@ try:
     with st.spinner("Predicting every image (only the first time)…"):
         df = cached.predictions(run, None, split)
 except UserError as exc:
-    st.error(str(exc))
+    widgets.error(exc)
     st.stop()
 if df.empty:
     widgets.stop_with("There are no images in this split.")
 classes = run.classes
-labels = [readable_label(c) for c in classes]
+names = readable_labels(classes)  # distinct even for "cats"/"Cats"
+labels = [names[c] for c in classes]
 metrics = metrics_from_predictions(df, classes)
 root = preds.data_root(run, None, preds.normalize_split(split))
 shown_root = root if settings.hosted() else None  # hosted: paths relative to the dataset
@@ -50,7 +51,7 @@ c3.metric("Incorrect", f"{metrics['incorrect']:,}")
 c4.metric(
     "Accuracy",
     f"{metrics['accuracy']:.1%}",
-    delta=f"{(metrics['accuracy'] - base['accuracy']) * 100:+.1f} points vs always '{readable_label(base['class'])}'",
+    delta=f"{(metrics['accuracy'] - base['accuracy']) * 100:+.1f} points vs always '{names.get(base['class'], base['class'])}'",
 )
 if metrics["top_k_accuracy"]:
     st.caption(" · ".join(f"top-{k} accuracy {v:.1%}" for k, v in metrics["top_k_accuracy"].items()))
@@ -58,7 +59,7 @@ if metrics["most_missed"]:
     st.markdown(
         "**Most missed:** "
         + "; ".join(
-            f"{md_escape(readable_label(m['actual']))} predicted as {md_escape(readable_label(m['predicted']))}: {m['count']}"
+            f"{md_escape(names[m['actual']])} predicted as {md_escape(names[m['predicted']])}: {m['count']}"
             for m in metrics["most_missed"][:5]
         )
     )
@@ -110,8 +111,8 @@ if points:
 # --- prediction table -----------------------------------------------------------------------------
 st.subheader("Predictions")
 f1, f2, f3 = st.columns(3)
-actual_sel = f1.multiselect("Actual class", classes, format_func=readable_label, key="f_actual")
-pred_sel = f2.multiselect("Predicted class", classes, format_func=readable_label, key="f_predicted")
+actual_sel = f1.multiselect("Actual class", classes, format_func=names.get, key="f_actual")
+pred_sel = f2.multiselect("Predicted class", classes, format_func=names.get, key="f_predicted")
 correct_sel = f3.radio("Verdict", list(preds.VERDICT_FILTERS), horizontal=True, key="f_correct")
 f4, f5, f6 = st.columns([2, 2, 1])
 conf_range = f4.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.01, key="f_conf")
@@ -129,13 +130,13 @@ view = preds.filter_predictions(
 if st.session_state.get("cm_cell") and actual_sel and pred_sel:
     st.info(
         f"Showing the {plural(len(view), 'image')} whose actual class is "
-        f"**{md_escape(readable_label(actual_sel[0]))}** and that the model called "
-        f"**{md_escape(readable_label(pred_sel[0]))}**. Press *Show all images* to go back."
+        f"**{md_escape(names[actual_sel[0]])}** and that the model called "
+        f"**{md_escape(names[pred_sel[0]])}**. Press *Show all images* to go back."
     )
 else:
     st.caption(f"{plural(len(view), 'image')} of {len(df):,}.")
 st.dataframe(
-    cached.prediction_table(view, shown_root),
+    cached.prediction_table(view, shown_root, classes),
     hide_index=True,
     key="pred_table",
     column_config={
@@ -191,7 +192,7 @@ if others:
             for path in chosen:
                 frames[by_path[path].id] = cached.predictions(by_path[path], None, split)
         except UserError as exc:
-            st.error(str(exc))
+            widgets.error(exc)
         else:
             table, diff = compare_runs(frames)
             st.dataframe(table, hide_index=True)
@@ -210,7 +211,7 @@ if st.button("Make the report"):
     try:
         st.session_state["report_paths"] = {k: str(v) for k, v in write_report(result).items()}
     except UserError as exc:
-        st.error(str(exc))
+        widgets.error(exc)
 paths = st.session_state.get("report_paths")
 if paths:
     d1, d2 = st.columns(2)

@@ -18,7 +18,7 @@ try:
     with st.spinner("Loading the model…"):
         model = cached.model(run)
 except UserError as exc:
-    st.error(str(exc))
+    widgets.error(exc)
     st.stop()
 st.markdown(
     f"**{md_escape(prediction.knows_line(model.classes))}.** It can only answer with one of these, "
@@ -109,7 +109,7 @@ with st.expander("Download this model (for a phone, a server or another app)"):
             with st.spinner("Exporting and checking…"):
                 st.session_state["p_export_result"] = export.export_run(run.path, fmt)
         except UserError as exc:
-            st.error(str(exc))
+            widgets.error(exc)
     result = st.session_state.get("p_export_result")
     if result is not None and result.path.exists() and result.format == fmt:
         check = result.parity

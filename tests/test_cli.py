@@ -106,3 +106,59 @@ def test_bad_flags_are_one_line_and_exit_2(argv, words, tmp_path):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], out.stderr
+
+
+def _cache_cli(cache: Path, *argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STUDIO_CACHE_DIR": str(cache), "STUDIO_HOSTED": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "lib", "cache", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cache_lists_what_the_cache_holds_and_clears_the_features(tmp_path):
+    cache = tmp_path / "cache"
+    entry = cache / "features" / "0123abcd"
+    entry.mkdir(parents=True)
+    (entry / "features.npy").write_bytes(b"\0" * 250_000)
+    (entry / "meta.json").write_text("{}")
+    (cache / "scans").mkdir()
+    (cache / "scans" / "x.pkl").write_bytes(b"s" * 1000)
+    shown = _cache_cli(cache)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.strip().splitlines()
+    assert any(line.split()[0] == "features" and "250.0 KB" in line for line in lines[1:-2]), lines
+    assert any(line.split()[0] == "scans" for line in lines[1:-2])
+    summary = json.loads(lines[-1])
+    assert summary["folders"] == {"features": 250_002, "scans": 1000} and "freed_bytes" not in summary
+
+    cleared = _cache_cli(cache, "--clear")
+    assert cleared.returncode == 0, cleared.stderr
+    assert "Cleared the cached image features: 250.0 KB freed." in cleared.stdout
+    assert json.loads(cleared.stdout.strip().splitlines()[-1])["freed_bytes"] == 250_002
+    assert list((cache / "features").iterdir()) == [] and (cache / "scans" / "x.pkl").is_file()
+
+    as_json = _cache_cli(cache, "--json")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["folders"]["features"] == 0
+    assert len(as_json.stdout.strip().splitlines()) == 1
+
+
+def test_train_removes_what_killed_runs_left_half_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    old_run = tmp_path / "models" / "20260101-000000-MobileNetV2"
+    old_run.mkdir(parents=True)
+    orphan = old_run / f"{files.TEMP_PREFIX}model.keras.{dead.pid}.0123abcd.keras"
+    orphan.write_bytes(b"half a model")
+    features = tmp_path / "cache" / "features" / f"{files.TEMP_PREFIX}key.{dead.pid}.89abcdef"
+    features.mkdir(parents=True)
+    with pytest.raises(UserError):  # stops at the dataset check, after the clean-up
+        cli.train_command(
+            _train_args("--data", str(tmp_path / "nothing-here"), "--runs-dir", str(tmp_path / "models"))
+        )
+    assert not orphan.exists() and not features.exists() and old_run.is_dir()

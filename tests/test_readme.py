@@ -28,3 +28,10 @@ def test_requirements_are_exact_pins():
         line = line.split("#", 1)[0].strip()
         if line:
             assert "==" in line.split(";")[0], line
+
+
+def test_every_setting_is_in_the_readme_table():
+    names = set(re.findall(r'"(STUDIO_[A-Z_]+)"', (ROOT / "lib" / "settings.py").read_text()))
+    table = (ROOT / "README.md").read_text().split("## Settings", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"^\| `(STUDIO_[A-Z_]+)` \|", table, flags=re.M))
+    assert names and names <= rows, sorted(names - rows)

@@ -3,6 +3,7 @@ status recorder, process identity (PID and start time), renaming/notes/deleting.
 
 from __future__ import annotations
 
+import csv
 import errno
 import os
 import re
@@ -131,6 +132,21 @@ def test_history_round_trip(tmp_path):
     assert df["phase"].tolist() == ["head", "fine-tune"]
     assert np.isnan(df["val_loss"][1])
     assert runs.read_history(tmp_path / "missing").empty
+
+
+def test_history_csv_neutralizes_text_and_keeps_numbers(tmp_path):
+    rows = [
+        {"epoch": np.int64(1), "phase": "=HYPERLINK(\"http://e\",\"x\")", "loss": np.float32(0.25),
+         "accuracy": 0.5, "val_loss": -0.0, "val_accuracy": 1, "seconds": 0.1},
+    ]  # fmt: skip
+    runs.write_history(tmp_path, rows)
+    header, line = (tmp_path / "history.csv").read_text().splitlines()
+    assert header == ",".join(vocab.HISTORY_COLUMNS)
+    cells = next(csv.reader([line]))
+    assert cells[1].startswith("'=")
+    assert not any(c.startswith(("=", "+", "@", "\t", "\r")) for c in cells)  # "-0" stays a number
+    df = runs.read_history(tmp_path)
+    assert df["loss"][0] == pytest.approx(0.25) and df["epoch"][0] == 1 and df["val_accuracy"][0] == 1
 
 
 def test_progress_writer_throttles_but_keeps_phase_changes(tmp_path):

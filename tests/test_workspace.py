@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 import zipfile
@@ -182,3 +183,117 @@ def test_runs_zip_holds_the_finished_runs_and_leaves_out_caches():
 def test_an_empty_workspace_downloads_an_empty_zip():
     token = workspace.new_token()
     assert zipfile.ZipFile(io.BytesIO(workspace.runs_zip(token))).namelist() == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokens are issued by the server
+# ----------------------------------------------------------------------------------------------
+
+
+def test_only_issued_tokens_name_a_workspace():
+    token = workspace.issue()
+    assert workspace.exists(token) and (workspace.workspaces_root() / token / "models").is_dir()
+    chosen = "attacker-chosen-name-0123456789"
+    assert workspace.valid_token(chosen) and not workspace.exists(chosen)
+    assert not workspace.exists("../../etc") and not workspace.exists(None)
+    assert not (workspace.workspaces_root() / chosen).exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Quota
+# ----------------------------------------------------------------------------------------------
+
+
+def test_the_quota_counts_uploads_and_runs_and_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("STUDIO_WORKSPACE_QUOTA_MB", "1")
+    token = workspace.issue()
+    workspace.check_room(token)  # empty: fine
+    (workspace.uploads_dir(token) / "photos.bin").write_bytes(b"x" * 600_000)
+    run = _finished_run(workspace.runs_dir(token), model=b"m" * 300_000)
+    assert workspace.usage(token) >= 900_000 and 0 < workspace.room(token) <= 100_000
+    with pytest.raises(UserError, match="This needs 500.0 KB but your workspace has only"):
+        workspace.check_room(token, 500_000)
+    (run / "exports").mkdir()
+    (run / "exports" / "model.zip").write_bytes(b"e" * 200_000)  # derived files count too
+    assert workspace.room(token) == 0
+    with pytest.raises(
+        UserError, match=r"Your workspace holds 1\.1 MB, the limit on this demo: delete old runs"
+    ):
+        workspace.check_room(token)
+    assert workspace.usage_text(token) == "Your workspace holds 1.1 MB of 1.0 MB."
+
+
+def test_no_quota_locally_or_when_set_to_zero(monkeypatch):
+    token = workspace.issue()
+    monkeypatch.setenv("STUDIO_WORKSPACE_QUOTA_MB", "0")
+    assert workspace.room(token) is None and "of" not in workspace.usage_text(token).split("holds")[1]
+    monkeypatch.setenv("STUDIO_WORKSPACE_QUOTA_MB", "1")
+    monkeypatch.setenv("STUDIO_HOSTED", "0")
+    assert workspace.room(token) is None and workspace.room(None) is None
+    workspace.check_room(None, 10**12)
+
+
+# ----------------------------------------------------------------------------------------------
+# What leaves the server
+# ----------------------------------------------------------------------------------------------
+
+
+def _traceback_from_the_libraries() -> str:
+    import traceback
+
+    import pandas as pd
+
+    try:
+        pd.read_csv(settings.ROOT / "no" / "such.csv")
+    except OSError as exc:
+        return "".join(traceback.format_exception(exc))
+    raise AssertionError("read_csv should have failed")
+
+
+def test_the_runs_zip_carries_no_server_paths(tmp_path):
+    import sys
+    import tempfile
+
+    token = workspace.issue()
+    data = workspace.uploads_dir(token) / "beans-0123456789abcdef" / "beans"
+    (data / "healthy").mkdir(parents=True)
+    weights = tmp_path / "secret-place" / "my.weights.h5"
+    config = {
+        "base": "MobileNetV2",
+        "image_size": 160,
+        "data_dir": str(data),
+        "weights": str(weights),
+        "weights_used": str(weights),
+        "dataset": {"root": str(data.resolve()), "counts": {"train": 3}},
+        "classes": ["healthy", "rust"],
+    }
+    run = runs.create_run(workspace.runs_dir(token), config)
+    (run / "model.keras").write_bytes(b"model")
+    runs.write_status(run, "finished")
+    runs.append_log(run, f"Training MobileNetV2 (bundled weights, 160 px) on {data}.")
+    runs.append_log(run, f"Loaded {settings.ROOT / 'weights' / 'mobilenet_v2.h5'}; run folder {run}.")
+    (run / "worker.log").write_text(_traceback_from_the_libraries())
+    (run / "report.md").write_text(f"- **Data folder**: {data}\n")
+
+    zf = zipfile.ZipFile(io.BytesIO(workspace.runs_zip(token)))
+    secrets_ = {
+        str(settings.ROOT),
+        str(data),
+        str(data.resolve()),
+        str(tmp_path),
+        str(workspace.workspace_dir(token)),
+    }
+    secrets_ |= {sys.prefix, tempfile.gettempdir() + "/", token}
+    for name in zf.namelist():
+        text = zf.read(name).decode("utf-8", "replace")
+        for secret in secrets_:
+            assert secret not in text, (name, secret, text)
+    public = json.loads(zf.read(f"{run.name}/config.json"))
+    assert public["data_dir"] == "beans" and public["dataset"]["root"] == "beans"
+    assert public["weights"] == "my.weights.h5" and public["classes"] == ["healthy", "rust"]
+    log = zf.read(f"{run.name}/log.txt").decode()
+    assert "on beans." in log and "weights/mobilenet_v2.h5" in log and f"run folder models/{run.name}" in log
+    worker = zf.read(f"{run.name}/worker.log").decode()
+    assert "Traceback" in worker and "FileNotFoundError" in worker and "no/such.csv" in worker
+    assert zf.read(f"{run.name}/model.keras") == b"model"
+    assert runs.read_run(run).config["data_dir"] == str(data)  # the run folder itself is untouched

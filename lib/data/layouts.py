@@ -2,13 +2,15 @@
 
 A dataset is DIR/<class>/* (the app makes the splits) or DIR/<split>/<class>/* with train plus
 optionally validation and test folders; a lone wrapper folder (a zip's top folder) is stepped into.
-Hidden and system files are noted, never read.
+Hidden and system files are noted, never read. A class folder whose name holds control characters
+or line breaks is refused (class names are shown everywhere as plain one-line text).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,8 +133,30 @@ def dataset_root(path: Path) -> Path:
     return path
 
 
+# Characters a class name may not hold: controls (newline, tab, NUL, escape ...), line and paragraph
+# separators, and the bidirectional overrides that make text display in another order than it reads.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def bad_name_characters(name: str) -> list[str]:
+    """The characters of a class folder name that can't be shown as plain one-line text."""
+    return [ch for ch in name if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI_CONTROLS]
+
+
+def check_class_name(rel_dir: str, name: str) -> None:
+    """A UserError naming the folder (its odd characters shown escaped) when `name` can't be a class."""
+    bad = bad_name_characters(name)
+    if bad:
+        shown = ", ".join(sorted({repr(ch)[1:-1] for ch in bad}))
+        raise UserError(
+            f"The class folder {rel_dir!r} has control characters or line breaks in its name ({shown}): "
+            "rename it to plain text and scan again."
+        )
+
+
 def _walk_class(walk: Found, root: Path, class_dir: Path, split: str, cls: str) -> None:
     rel_dir = class_dir.relative_to(root).as_posix()
+    check_class_name(rel_dir, cls)
     walk.class_dirs[cls].append(rel_dir)
 
     def onerror(exc: OSError) -> None:

@@ -27,7 +27,7 @@ from lib.data.layouts import LAYOUTS, Entry, check_folder, dataset_root, scan_ke
 from lib.data.splits import assign_splits
 from lib.errors import ImageError, UserError
 from lib.evaluate.metrics import majority_baseline as _majority
-from lib.text import readable_label
+from lib.text import readable_labels
 from lib.vocab import SPLITS
 
 PROBLEM_KINDS = (
@@ -477,7 +477,7 @@ def health_report(scan: Scan) -> dict[str, Any]:
         "layout": scan.layout,
         "layout_text": scan.layout_text,
         "classes": list(scan.classes),
-        "labels": [readable_label(c) for c in scan.classes],
+        "labels": list(readable_labels(scan.classes).values()),
         "files": len(manifest),
         "usable": int(manifest["usable"].sum()),
         "counts": {

@@ -13,6 +13,7 @@ from typing import Any, BinaryIO
 from lib import files, settings
 from lib.data.layouts import check_folder, dataset_root
 from lib.errors import UserError
+from lib.text import size_text
 from lib.vocab import is_archive_name
 
 CATS_DOGS_URL = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
@@ -60,13 +61,16 @@ def extract_zip(
     *,
     max_files: int = 100_000,
     max_bytes: int = 5 * 1024**3,
+    room: int | None = None,
 ) -> Path:
     """Safely unpack an uploaded zip into dest_dir and return the dataset root inside it.
 
-    Rejects paths leaving the folder, absolute paths, symlinks, nested archives, encryption and
-    more than max_files files or max_bytes unpacked bytes (counted while writing, so a lying header
-    cannot bomb the disk). Skips __MACOSX. Unpacks into a temporary sibling folder renamed into
-    place at the end, so an existing dest_dir is a complete earlier extraction and is reused.
+    Rejects paths leaving the folder, absolute paths, symlinks, nested archives, encryption, more
+    than max_files entries (files and folders), more than max_bytes unpacked bytes or more than
+    `room` (what the visitor's workspace may still hold), counted while writing so a lying header
+    cannot bomb the disk, and a zip the disk has no room for. Skips __MACOSX. Unpacks into a
+    temporary sibling folder renamed into place at the end, so an existing dest_dir is a complete
+    earlier extraction and is reused.
     """
     dest_dir = Path(dest_dir)
     if dest_dir.is_dir() and any(dest_dir.iterdir()):
@@ -78,7 +82,7 @@ def extract_zip(
         raise UserError("This is not a zip file (or it is damaged): upload a .zip of image folders.") from exc
     try:
         with archive, files.atomic_dir(dest_dir) as tmp:
-            _unpack(archive, tmp, max_files=max_files, max_bytes=max_bytes)
+            _unpack(archive, tmp, max_files=max_files, max_bytes=max_bytes, room=room)
     except UserError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, ValueError) as exc:
@@ -86,20 +90,34 @@ def extract_zip(
     return dataset_root(dest_dir)
 
 
-def _unpack(archive: zipfile.ZipFile, tmp: Path, *, max_files: int, max_bytes: int) -> None:
+def _too_big(size: int, max_bytes: int, room: int | None, *, more: bool = False) -> UserError:
+    amount = f"more than {size_text(size)}" if more else size_text(size)
+    if room is not None and room < max_bytes:
+        return UserError(
+            f"Unpacked, this zip takes {amount}, more than the {size_text(room)} left in your workspace "
+            "on this demo: delete old runs or uploads."
+        )
+    return UserError(f"The zip unpacks to {amount}; the limit is {max_bytes / 1e6:,.0f} MB.")
+
+
+def _unpack(
+    archive: zipfile.ZipFile, tmp: Path, *, max_files: int, max_bytes: int, room: int | None = None
+) -> None:
     """Write the zip's members under tmp, refusing anything unsafe or over the limits."""
-    members = [(info, _zip_member_name(info)) for info in archive.infolist()]
+    entries = archive.infolist()
+    if len(entries) > max_files:  # folders count too: a million empty folders is a bomb as well
+        raise UserError(f"The zip holds {len(entries):,} files and folders; the limit is {max_files:,}.")
+    members = [(info, _zip_member_name(info)) for info in entries]
     members = [(i, n) for i, n in members if n is not None]
     found = [(i, n) for i, n in members if not i.is_dir()]
     if not found:
         raise UserError("The zip is empty: it should hold one folder of images per class.")
-    if len(found) > max_files:
-        raise UserError(f"The zip holds {len(found):,} files; the limit is {max_files:,}.")
+    limit = max_bytes if room is None else min(max_bytes, room)
     declared = sum(i.file_size for i, _ in found)
-    if declared > max_bytes:
-        raise UserError(
-            f"The zip unpacks to {declared / 1e6:,.0f} MB; the limit is {max_bytes / 1e6:,.0f} MB."
-        )
+    if declared > limit:
+        raise _too_big(declared, max_bytes, room)
+    # Room on the disk for what the zip says it holds (each entry also takes a block or so).
+    files.ensure_free(tmp, declared + 4096 * len(members), "unpacking the zip")
     base = tmp.resolve()
     written = 0
     for info, name in members:
@@ -113,8 +131,8 @@ def _unpack(archive: zipfile.ZipFile, tmp: Path, *, max_files: int, max_bytes: i
         with archive.open(info) as src, open(target, "wb") as out:
             while chunk := src.read(1 << 20):
                 written += len(chunk)
-                if written > max_bytes:
-                    raise UserError(f"The zip unpacks to more than {max_bytes / 1e6:,.0f} MB.")
+                if written > limit:
+                    raise _too_big(limit, max_bytes, room, more=True)
                 out.write(chunk)
 
 
@@ -168,16 +186,21 @@ def download_cats_vs_dogs(cache_dir: str | Path, origin: str = CATS_DOGS_URL) ->
     return found
 
 
-def open_upload(data: bytes, dest_dir: str | Path) -> Path:
+def open_upload(data: bytes, dest_dir: str | Path, *, room: int | None = None) -> Path:
     """An uploaded zip unpacked into dest_dir (its dataset root), within this server's limits on
-    upload size, file count and unpacked size."""
+    upload size, file count and unpacked size, and within `room`: the bytes the visitor's workspace
+    may still take (None: no quota)."""
     limit = settings.max_upload_mb() * 1024 * 1024
     if len(data) > limit:
         raise UserError(
             f"This zip is {len(data) / 1e6:,.0f} MB; the limit here is {settings.max_upload_mb()} MB."
         )
     return extract_zip(
-        data, dest_dir, max_files=settings.max_zip_files(), max_bytes=settings.max_zip_mb() * 1024 * 1024
+        data,
+        dest_dir,
+        max_files=settings.max_zip_files(),
+        max_bytes=settings.max_zip_mb() * 1024 * 1024,
+        room=room,
     )
 
 

@@ -2,6 +2,7 @@
 
 Every piece of user text (class names, file names, paths, notes) is escaped: a class called
 `<b>x</b>` or a file called `![x](http://e/x.png)` shows as text, never as markup or a remote image.
+On a hosted demo the report names the dataset by its folder's name only (no server paths).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lib import files
+from lib import files, settings
 from lib.data.images import thumbnail
 from lib.errors import UserError
 from lib.evaluate.predictions import EvaluationResult, confident_mistakes
@@ -62,6 +63,13 @@ def _top_probs(row: pd.Series, classes: Sequence[str], k: int = TOP_PROBS) -> li
     return probs[:k]
 
 
+def _shown_folder(folder: Path | None) -> str:
+    """The dataset folder as the report shows it: its name only on a hosted demo."""
+    if not folder:
+        return ""
+    return Path(folder).name if settings.hosted() else str(folder)
+
+
 def _header_facts(result: EvaluationResult) -> list[tuple[str, str]]:
     cfg = result.config or {}
     facts = [
@@ -69,7 +77,7 @@ def _header_facts(result: EvaluationResult) -> list[tuple[str, str]]:
         ("Base model", str(cfg.get("base", ""))),
         ("Image size", str(cfg.get("image_size", ""))),
         ("Evaluated on", _split_label(result)),
-        ("Data folder", str(result.data_dir or "")),
+        ("Data folder", _shown_folder(result.data_dir)),
         ("Generated", _dt.datetime.now().strftime("%Y-%m-%d %H:%M")),
     ]
     return [(k, v) for k, v in facts if v]

@@ -24,7 +24,7 @@ from lib.data import images
 from lib.data.feeder import Feeder
 from lib.errors import ImageError, UserError
 from lib.serve.inputs import Input, Quota, Source, expand
-from lib.text import csv_safe, readable_label
+from lib.text import csv_safe, readable_labels
 
 BATCH_SIZE = 32
 DEFAULT_TOP_K = 3
@@ -48,7 +48,7 @@ class Model(Protocol):
 
 def knows_line(classes: Sequence[str]) -> str:
     """One line saying what the model can answer, so a photo of something else isn't over-trusted."""
-    labels = [readable_label(c) for c in classes]
+    labels = list(readable_labels(classes).values())
     kinds = "kind" if len(labels) == 1 else "kinds"
     return f"This model knows {len(labels)} {kinds}: {', '.join(labels)}"
 
@@ -71,9 +71,10 @@ def verdict_text(
     top = float(probs[order[0]])
     second = float(probs[order[1]]) if len(order) > 1 else 0.0
     unsure = top < unsure_threshold or (len(order) > 1 and top - second < margin)
-    first = readable_label(classes[order[0]])
+    words = readable_labels(classes)
+    first = words[str(classes[order[0]])]
     if unsure and len(order) > 1:
-        return f"Not sure: could be {first} or {readable_label(classes[order[1]])}", True
+        return f"Not sure: could be {first} or {words[str(classes[order[1]])]}", True
     if unsure:
         return f"Not sure: maybe {first} ({percent(top)}%)", True
     return f"{first} — {percent(top)}% sure", False
@@ -92,7 +93,7 @@ class PredictionResult:
     ok: bool
     error: str | None = None
     predicted: str | None = None  # class name as in the run
-    label: str | None = None  # readable_label(predicted)
+    label: str | None = None  # the predicted class in words (distinct among the run's classes)
     confidence: float | None = None
     probabilities: dict[str, float] = field(default_factory=dict)  # in class order
     top_k: list[tuple[str, float]] = field(default_factory=list)  # (class name, probability)
@@ -148,7 +149,7 @@ def make_result(
         name=name,
         ok=True,
         predicted=best,
-        label=readable_label(best),
+        label=readable_labels(classes)[best],
         confidence=float(p[order[0]]),
         probabilities={str(c): float(v) for c, v in zip(classes, p, strict=True)},
         top_k=[(str(classes[i]), float(p[i])) for i in order[:k]],
@@ -165,7 +166,7 @@ def results_frame(results: Sequence[PredictionResult], classes: Sequence[str]) -
     fixed = ["file", "verdict", "predicted", "confidence", "unsure"]
     columns: dict[str, str] = {}
     for c in classes:
-        col = readable_label(c)
+        col = readable_labels(classes)[str(c)]
         if col in columns.values() or col in fixed or col == "error":
             col = str(c) if str(c) not in columns.values() and str(c) not in fixed else f"p({c})"
         columns[str(c)] = col

@@ -4,6 +4,10 @@ With a frozen base the expensive part (the base network) runs once per image; it
 stored as float16 numpy memmaps keyed by dataset content and splits, base, weights, size, cut,
 pooling and augmentation, so a second run with another head or learning rate starts training
 within seconds. Row i is item i unaugmented; augmented views of the training items follow.
+
+The cache is bounded (settings.feature_cache_mb): before a new entry is written, the least recently
+used entries leave (never one being written, nor one used in the last minute), the disk is checked
+for room and the memmap's blocks are reserved, so a full disk fails the run up front as "disk full".
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +28,9 @@ import numpy as np
 
 from lib import files, settings
 from lib.data.feeder import Feeder, Stream
-from lib.errors import Cancelled, UserError
+from lib.errors import Cancelled, DiskFull, UserError
 from lib.models import build, registry
+from lib.text import size_text
 from lib.train.augment import augmenter
 from lib.train.config import TrainConfig
 from lib.train.items import TrainingData, training_data
@@ -31,6 +38,9 @@ from lib.train.items import TrainingData, training_data
 CACHE_VERSION = 1
 FEATURE_BATCH = 8  # fixed batch shape for the feature pass: one trace; small batches run fastest on a CPU
 AUGMENT_SEED = 1234  # augmented views come from a fixed seed, so the cache doesn't depend on the run's seed
+LAST_USED = "meta.json"  # its mtime is when the entry was last used (the least recently used leaves first)
+IN_USE_SECONDS = 60.0  # an entry used this recently is never evicted (a run may be opening it right now)
+WRITING = "writing the image features"
 
 
 def features_dir() -> Path:
@@ -102,13 +112,16 @@ def _open(directory: Path) -> Features | None:
 
 
 def cached(config: TrainConfig, data: TrainingData, weights: str) -> Features | None:
-    """The cache entry for this config and data when there is a valid one (a broken one is removed)."""
+    """The cache entry for this config and data when there is a valid one (a broken one is removed);
+    using it makes it the most recently used."""
     final = features_dir() / feature_key(config, data, weights)
     if not (final / "meta.json").is_file():
         return None
     found = _open(final)
     if found is None:
         shutil.rmtree(final, ignore_errors=True)
+    else:
+        touch(final)
     return found
 
 
@@ -126,21 +139,91 @@ def cached_features_ready(config: TrainConfig, scan: Any) -> bool:
 
 
 def feature_cache_bytes() -> int:
-    """Disk space the feature cache takes (for a "clear cache" button)."""
-    total = 0
-    for path in features_dir().rglob("*"):
+    """Disk space the feature cache takes, entries being written included (for the Storage section)."""
+    return files.tree_bytes(features_dir())
+
+
+def _entries() -> list[Path]:
+    """Finished cache entries (not the temporary folders of entries being written), oldest use first."""
+    try:
+        found = [p for p in features_dir().iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return []
+    return sorted(found, key=last_used)
+
+
+def last_used(entry: Path) -> float:
+    """When a cache entry was last used (written or read), as a timestamp."""
+    for path in (entry / LAST_USED, entry):
         with contextlib.suppress(OSError):
-            total += path.stat().st_size if path.is_file() else 0
-    return total
+            return path.stat().st_mtime
+    return 0.0
+
+
+def touch(entry: Path) -> None:
+    """Mark a cache entry as just used."""
+    with contextlib.suppress(OSError):
+        os.utime(entry / LAST_USED)
+
+
+def _remove(entry: Path) -> None:
+    """Rename the entry away first (a reader never sees half of it), then delete it."""
+    trash = entry.with_name(f"{files.TEMP_PREFIX}evict-{entry.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(entry, trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def clear_feature_cache() -> int:
-    """Delete every cached feature entry (they are rebuilt when needed); returns the bytes freed."""
-    freed = feature_cache_bytes()
-    with contextlib.suppress(OSError):
-        for entry in features_dir().iterdir():
-            shutil.rmtree(entry, ignore_errors=True)
-    return freed
+    """Delete every finished feature entry (they are rebuilt when needed; entries being written stay);
+    returns the bytes freed."""
+    before = feature_cache_bytes()
+    for entry in _entries():
+        _remove(entry)
+    return max(0, before - feature_cache_bytes())
+
+
+def cache_limit() -> int:
+    """Most bytes the feature cache may hold."""
+    return settings.feature_cache_mb() * 1_000_000
+
+
+def make_room(needed: int, *, now: float | None = None) -> list[str]:
+    """Evict the least recently used entries until the cache plus `needed` bytes fits its limit;
+    returns the keys removed. Entries being written or used in the last IN_USE_SECONDS stay; when
+    the rest isn't enough, DiskFull (train again later, or raise the limit)."""
+    limit = cache_limit()
+    if needed > limit:
+        raise UserError(
+            f"The image features of this run need {size_text(needed)}, more than the feature cache may "
+            f"hold ({size_text(limit)}, STUDIO_FEATURE_CACHE_MB): use fewer images, fewer augmented "
+            "views or a smaller image size."
+        )
+    now = time.time() if now is None else now
+    total = feature_cache_bytes()
+    removed = []
+    for entry in _entries():
+        if total + needed <= limit:
+            break
+        if now - last_used(entry) < IN_USE_SECONDS:
+            continue
+        size = files.tree_bytes(entry)
+        _remove(entry)
+        total -= size
+        removed.append(entry.name)
+    if total + needed > limit:
+        raise DiskFull(
+            f"The feature cache is full ({size_text(total)} of {size_text(limit)}) with features other "
+            "runs are using right now: train again in a minute."
+        )
+    return removed
+
+
+def entry_bytes(rows: int, feature_shape: tuple[int, ...], train_items: int) -> int:
+    """Disk space of a cache entry: the float16 features, the item list and a little for the rest."""
+    return rows * int(np.prod(feature_shape, dtype=np.int64)) * 2 + 8 * train_items + 64 * 1024
 
 
 def plan(config: TrainConfig, data: TrainingData) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -211,10 +294,14 @@ def compute(
     final = features_dir() / key
     files.clean_temp(features_dir())
     try:
+        needed = entry_bytes(total_rows, feature_shape, len(train_items))
+        make_room(needed)
+        files.ensure_free(features_dir(), needed, WRITING)
         with files.atomic_dir(final) as tmp:
             array = np.lib.format.open_memmap(
                 tmp / "features.npy", mode="w+", dtype=np.float16, shape=(total_rows, *feature_shape)
             )
+            files.preallocate(tmp / "features.npy", WRITING)
             done = 0
             for batch in stream:
                 if should_stop():
@@ -252,6 +339,7 @@ def compute(
             files.write_json(tmp / "meta.json", meta)
     finally:
         stream.close()
+    touch(final)  # a twin that finished first kept its copy: ours is the same, and now just used
     features = _open(final)
     if features is None:  # pragma: no cover - we just wrote it
         raise RuntimeError(f"the feature cache {final} could not be read back")

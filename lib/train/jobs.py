@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from lib import files, runs, settings
+from lib import files, runs, settings, workspace
 from lib.errors import Cancelled, UserError
 from lib.runs import Run
 from lib.text import duration
@@ -95,6 +95,7 @@ def jobs_in_flight() -> int:
 def admit(runs_dir: Path) -> None:
     """UserError, in plain words, when another job may not start now: this visitor already has
     one (hosted), or the server's queue is full."""
+    workspace.check_room(workspace.token_of(runs_dir))  # a full workspace starts no run
     if settings.one_job_per_workspace():
         mine = active_jobs(runs_dir)
         if mine:

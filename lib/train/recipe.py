@@ -289,10 +289,13 @@ def _check_assembly(model: Any, head: Any, cached: features.Features, data: Trai
 
 
 def _save_model(model: Any, run_dir: Path) -> None:
-    """Save atomically, without optimizer state (a fresh uncompiled wrapper of the same layers)."""
+    """Save atomically, without optimizer state (a fresh uncompiled wrapper of the same layers),
+    after checking the disk has room for it (a full disk fails as "disk full", never half a file)."""
     import keras
 
     clean = keras.Model(model.inputs, model.outputs, name=model.name)
+    weight_bytes = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in clean.weights)
+    files.ensure_free(run_dir, weight_bytes + weight_bytes // 10 + 1024 * 1024, "saving the model")
     with files.atomic_path(run_dir / RUN_FILES["model"]) as tmp:
         clean.save(tmp)
 

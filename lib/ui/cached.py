@@ -26,7 +26,7 @@ from lib.evaluate import predictions as preds
 from lib.models import loader
 from lib.runs import Run
 from lib.serve import gradcam
-from lib.text import readable_label
+from lib.text import readable_labels
 from lib.train import augment
 from lib.train.config import TrainConfig
 
@@ -131,9 +131,15 @@ def augmentation_preview(
     return _augmentation_preview(path, tuple((k, getattr(config, k)) for k in keys), int(seed), n, size)
 
 
-def prediction_table(view: pd.DataFrame, root: Path | None = None) -> pd.DataFrame:
+def prediction_table(
+    view: pd.DataFrame, root: Path | None = None, classes: list[str] | None = None
+) -> pd.DataFrame:
     """The prediction table for display; thumbnails for the first THUMBNAIL_ROWS rows keep 10,000
-    rows fast. With `root`, paths are shown relative to it (hosted: no server folders)."""
+    rows fast. With `root`, paths are shown relative to it (hosted: no server folders); classes are
+    shown by their distinct readable labels among `classes` (all the run's)."""
+    labels = readable_labels(
+        classes if classes is not None else sorted({*view["actual"], *view["predicted"]})
+    )
     head = view.head(THUMBNAIL_ROWS)
     thumbs: list[str | None] = []
     for p in head["path"]:
@@ -146,8 +152,8 @@ def prediction_table(view: pd.DataFrame, root: Path | None = None) -> pd.DataFra
         {
             "thumbnail": thumbs,
             "file": preds.file_names(view["path"]).to_numpy(),
-            "actual": [readable_label(c) for c in view["actual"]],
-            "predicted": [readable_label(c) for c in view["predicted"]],
+            "actual": [labels.get(c, c) for c in view["actual"]],
+            "predicted": [labels.get(c, c) for c in view["predicted"]],
             "confidence": view["confidence"].to_numpy(),
             "correct": view["correct"].to_numpy(),
             "path": preds.relative_paths(view, root).to_numpy()

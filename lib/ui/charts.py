@@ -1,21 +1,32 @@
-"""Plotly figures for the pages (no Streamlit here: pages draw what these return)."""
+"""Plotly figures for the pages (no Streamlit here: pages draw what these return).
+
+Plotly renders a subset of HTML in labels, ticks and hover text (<a href>, <span style>, <b>, <br>),
+so every class name goes through text.plot_escape, and class sets through text.readable_labels so
+two classes never share a label.
+"""
 
 from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from lib.text import readable_label
+from lib.text import plot_escape, readable_labels
 from lib.vocab import SPLITS
 
 SPLIT_COLOURS = {"train": "#2e7d32", "validation": "#1565c0", "test": "#ef6c00"}
+
+
+def _labels(classes: list[str]) -> list[str]:
+    """Distinct readable labels of the classes, made safe for Plotly's HTML-like text."""
+    names = readable_labels(classes)
+    return [plot_escape(names[str(c)]) for c in classes]
 
 
 def class_balance(manifest: pd.DataFrame, classes: list[str]) -> go.Figure:
     """Grouped bars: usable images per class, one bar per split."""
     usable = manifest[manifest["usable"]]
     fig = go.Figure()
-    labels = [readable_label(c) for c in classes]
+    labels = _labels(classes)
     for split in SPLITS:
         part = usable[usable["split"] == split]
         if part.empty:
@@ -123,7 +134,7 @@ def confusion_matrix(cm, classes: list[str], *, normalized: bool = False, select
     totals = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, np.maximum(totals, 1))
     values = share if normalized else cm
-    labels = [readable_label(c) for c in classes]
+    labels = _labels(classes)
     xs, ys, text, colour, custom, ink = [], [], [], [], [], []
     for i in range(n):
         for j in range(n):
@@ -216,11 +227,12 @@ def cell_of_point(point_number: int, n_classes: int) -> tuple[int, int]:
 
 def probability_bars(probs: dict[str, float], top: int = 5) -> go.Figure:
     """Horizontal bars of the top class probabilities (largest on top)."""
+    names = dict(zip(probs, _labels(list(probs)), strict=True))
     items = sorted(probs.items(), key=lambda kv: kv[1], reverse=True)[:top][::-1]
     fig = go.Figure(
         go.Bar(
             x=[p for _, p in items],
-            y=[readable_label(c) for c, _ in items],
+            y=[names[c] for c, _ in items],
             orientation="h",
             marker_color=["#2e7d32" if i == len(items) - 1 else "#90a4ae" for i in range(len(items))],
             text=[f"{p:.0%}" for _, p in items],

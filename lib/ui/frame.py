@@ -1,5 +1,6 @@
 """The one frame around every page: page config, navigation over pages/, the sidebar, the hosted
-workspace and its privacy note. streamlit_app.py calls `run()`; page files only render."""
+workspace (its expiry, disk use and privacy note), and, once per process, removing the temporary
+files killed processes left. streamlit_app.py calls `run()`; page files only render."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from lib import settings, workspace
+from lib import settings, storage, workspace
 from lib.data import images
 from lib.ui import state
 
@@ -59,20 +60,21 @@ def page(path: str) -> PageInfo:
     return next(p for p in PAGES if p.path == path)
 
 
-_started = False
+_STARTED = {"done": False}  # once per server process (this module is imported once)
 
 
-def _once_per_process() -> None:
-    """Process-wide set-up the first time any visitor opens a page."""
-    global _started
-    if not _started:
-        _started = True
+def clean_on_start() -> None:
+    """Process-wide set-up the first time any visitor opens a page: remove the temporary files of
+    processes killed earlier (a crashed app, a killed worker) and tune malloc for decoding."""
+    if not _STARTED["done"]:
+        _STARTED["done"] = True
+        storage.clean_temp_files()
         images.tune_malloc()
 
 
 def run() -> None:
     """Draw the frame and run the page the visitor is on."""
-    _once_per_process()
+    clean_on_start()
     st.set_page_config(page_title="Image classifier studio", page_icon="🖼️", layout="wide")
     pages = [
         st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url or None, default=(i == 0))
@@ -97,7 +99,7 @@ def sidebar() -> None:
         expires = workspace.expires_at(token)
         st.caption(
             f"Your workspace is private to this link (bookmark it). It is deleted "
-            f"{expires:%Y-%m-%d %H:%M} UTC unless you come back before then."
+            f"{expires:%Y-%m-%d %H:%M} UTC unless you come back before then. " + workspace.usage_text(token)
         )
         if workspace.finished_runs(token):
             st.download_button(

@@ -11,6 +11,7 @@ from typing import Any
 import streamlit as st
 
 from lib import files, settings, workspace
+from lib.data import sources
 from lib.train.config import TrainConfig, default_of, options
 
 DATASET_KEY = "dataset_dir"
@@ -22,12 +23,15 @@ ACTIVE_RUN_KEY = "active_run"
 def workspace_token() -> str | None:
     """Hosted mode: this visitor's workspace token, kept in the URL (?ws=...) so a refresh or a
     bookmark finds the same workspace. Streamlit drops query parameters when pages switch, so the
-    session remembers it and puts it back. Local use: None (one shared runs folder)."""
+    session remembers it and puts it back. A token in the URL is kept only when it names an existing
+    workspace; any other gets a fresh workspace and token (never a name the link chose).
+    Local use: None (one shared runs folder)."""
     if not settings.hosted():
         return None
-    token = st.session_state.get(TOKEN_KEY) or st.query_params.get(TOKEN_KEY)
+    token = st.session_state.get(TOKEN_KEY)
     if not workspace.valid_token(token):
-        token = workspace.new_token()
+        asked = st.query_params.get(TOKEN_KEY)
+        token = asked if workspace.exists(asked) else workspace.issue()
     st.session_state[TOKEN_KEY] = token
     if st.query_params.get(TOKEN_KEY) != token:
         st.query_params[TOKEN_KEY] = token
@@ -111,10 +115,28 @@ def upload_dir(name: str, data: bytes) -> Path:
 
 
 def saved_upload(name: str, data: bytes) -> Path:
-    """Keep an uploaded file (a weights file) in this visitor's uploads, named by its content."""
+    """Keep an uploaded file (a weights file) in this visitor's uploads, named by its content
+    (within the workspace's quota when hosted)."""
     suffix = ".weights.h5" if name.lower().endswith(".weights.h5") else Path(name).suffix.lower()[:12]
     folder = upload_dir(name, data)
     target = folder.with_name(folder.name + (suffix or ".bin"))
     if not target.exists():
+        workspace.check_room(workspace_token(), len(data))
+        files.ensure_free(target.parent, len(data), "saving the upload")
         files.write_atomic(target, data)
     return target
+
+
+def open_zip(name: str, data: bytes) -> Path:
+    """An uploaded zip unpacked into this visitor's uploads (its dataset root), within the server's
+    limits and, when hosted, what the workspace may still hold."""
+    token = workspace_token()
+    dest = upload_dir(name, data)
+    if not dest.is_dir():
+        workspace.check_room(token)
+    return sources.open_upload(data, dest, room=workspace.room(token))
+
+
+def check_room() -> None:
+    """A UserError when this visitor's workspace is full (checked before a training run starts)."""
+    workspace.check_room(workspace_token())

@@ -1,5 +1,6 @@
-"""Pieces several pages draw: preconditions with one friendly line, the run picker, image galleries
-and the live training-job panel."""
+"""Pieces several pages draw: messages about errors (plain text: a class or file name in them never
+becomes Markdown), preconditions with one friendly line, the run picker, image galleries and the
+live training-job panel."""
 
 from __future__ import annotations
 
@@ -15,10 +16,21 @@ from lib.errors import UserError
 from lib.evaluate.metrics import prob_column
 from lib.evaluate.predictions import file_names
 from lib.runs import Run
-from lib.text import md_escape, readable_label
+from lib.text import md_escape, readable_labels
 from lib.train import jobs
 from lib.ui import cached, charts, state
 from lib.vocab import DONE_STATES
+
+
+def error(problem: BaseException | str) -> None:
+    """st.error showing the message as plain text (Streamlit renders Markdown in it, and messages
+    name the user's files, folders and classes)."""
+    st.error(md_escape(problem))
+
+
+def warning(problem: BaseException | str) -> None:
+    """st.warning showing the message as plain text (see `error`)."""
+    st.warning(md_escape(problem))
 
 
 def stop_with(message: str, page: str | None = None, label: str = "") -> None:
@@ -42,7 +54,7 @@ def need_dataset() -> tuple[Path, Scan]:
         with st.spinner("Checking every image…"):
             return root, cached.scan(root)
     except UserError as exc:
-        st.error(str(exc))
+        error(exc)
         st.stop()
 
 
@@ -74,12 +86,15 @@ def run_picker(key: str, *, preselect: str = "newest") -> Run:
 def gallery(rows: pd.DataFrame, classes: list[str], key: str, columns: int = 4) -> None:
     """Images in a grid, each with its verdict and probability bars."""
     cols = st.columns(columns)
+    labels = readable_labels(classes)
     for i, (_, row) in enumerate(rows.iterrows()):
         with cols[i % columns]:
             st.image(cached.thumbnail(row["path"]), width="stretch")
             mark = "✅" if row["correct"] else "❌"
             name = file_names(pd.Series([row["path"]])).iloc[0]
-            st.caption(f"{mark} {md_escape(name)} · actual **{md_escape(readable_label(row['actual']))}**")
+            st.caption(
+                f"{mark} {md_escape(name)} · actual **{md_escape(labels.get(row['actual'], row['actual']))}**"
+            )
             probs = {c: float(row[prob_column(c)]) for c in classes}
             st.plotly_chart(
                 charts.probability_bars(probs, top=3),
@@ -129,7 +144,7 @@ def _job_body(view: jobs.JobView) -> None:
             st.caption(md_escape(view.note))
         st.page_link("pages/3_Evaluate.py", label="See its mistakes on 3 · Evaluate", icon="🔍")
     else:
-        st.error(view.message)
+        error(view.message)  # the run's reason: may name the user's files and classes
     if view.can_cancel and st.button("Cancel", key=f"cancel_{run.id}"):
         jobs.cancel(run.path)
         st.rerun(scope="app")
@@ -143,8 +158,9 @@ def _job_body(view: jobs.JobView) -> None:
 
 def _start(launch: Any) -> None:
     try:
+        state.check_room()
         state.set_active_run(launch())
     except UserError as exc:
-        st.error(str(exc))
+        error(exc)
     else:
         st.rerun(scope="app")

@@ -429,3 +429,27 @@ def test_cli_exits_2_with_one_line(tmp_path, what):
     assert out.returncode == 2
     assert out.stdout == ""
     assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("name", ["bad\nname", "tab\there", "esc\x1b[31m", "rtl\u202egpj.exe"])
+@pytest.mark.parametrize("split_layout", [False, True])
+def test_class_folders_with_control_characters_are_refused_by_name(tmp_path, make_image, name, split_layout):
+    root = tmp_path / "data"
+    base = root / "train" if split_layout else root
+    for cls in (name, "good"):
+        for i in range(2):
+            make_image(base / cls / f"{i}.png", (200, 30, 30), seed=i)
+    with pytest.raises(UserError) as err:
+        scanning.scan(root)
+    message = str(err.value)
+    shown = ("train/" if split_layout else "") + name
+    assert f"class folder {shown!r}" in message and "control characters or line breaks" in message
+    assert "\n" not in message and "\x1b" not in message and "\u202e" not in message
+
+
+def test_the_health_report_labels_colliding_classes_distinctly(tmp_path, make_image):
+    for n, cls in enumerate(("cats", "Cats")):
+        for i in range(3):
+            make_image(tmp_path / cls / f"{i}.png", (40 + n * 150, 90, 200 - n * 150), seed=10 * n + i)
+    report = scanning.health_report(scanning.scan(tmp_path))
+    assert report["classes"] == ["Cats", "cats"] and report["labels"] == ["Cats (Cats)", "Cats (cats)"]

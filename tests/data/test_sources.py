@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lib import files
 from lib.data import scan as scanning
 from lib.data import sources
-from lib.errors import UserError
+from lib.errors import DiskFull, UserError
 
 RED, GREEN, BLUE = (200, 40, 40), (40, 180, 60), (40, 60, 200)
 
@@ -94,6 +95,33 @@ def test_extract_zip_rejects_unsafe_archives(tmp_path, entries, symlinks, limits
     assert not dest.exists()
     assert os.listdir(tmp_path / "box") == []  # nothing written, no partial folder left
     assert sorted(os.listdir(tmp_path)) == ["box"]
+
+
+def test_folder_entries_count_toward_the_file_limit(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i in range(10):
+            z.writestr(zipfile.ZipInfo(f"a/empty{i}/"), b"")  # folders only
+        z.writestr("a/b.png", _png(1))
+    with pytest.raises(UserError, match="11 files and folders; the limit is 5"):
+        sources.extract_zip(buf.getvalue(), tmp_path / "box" / "dest", max_files=5)
+    assert os.listdir(tmp_path / "box") == []
+
+
+def test_a_zip_the_disk_has_no_room_for_is_refused_before_unpacking(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "free_bytes", lambda path: 1000)
+    data = _zip({"red/a.png": _png(1), "green/b.png": _png(2, GREEN)})
+    with pytest.raises(DiskFull, match="The disk is full: unpacking the zip needs"):
+        sources.extract_zip(data, tmp_path / "box" / "dest")
+    assert os.listdir(tmp_path / "box") == []  # nothing half-unpacked
+
+
+def test_a_zip_bigger_than_the_room_left_in_the_workspace_says_so(tmp_path):
+    data = _zip({"a/big.png": b"x" * 5000, "b/c.png": b"y"})
+    with pytest.raises(UserError, match="more than the 4.0 KB left in your workspace"):
+        sources.extract_zip(data, tmp_path / "box" / "dest", room=4000)
+    assert os.listdir(tmp_path / "box") == []
+    assert sources.extract_zip(data, tmp_path / "box" / "ok", room=10_000) == tmp_path / "box" / "ok"
 
 
 def test_extract_zip_rejects_non_zips(tmp_path):

@@ -3,6 +3,8 @@ checks, read-only and copied runs, the shipped demo, the evaluate CLI."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -185,3 +187,36 @@ def test_the_shipped_demo_evaluates_from_any_working_folder(tmp_path, monkeypatc
     df = ev.predict_split(demo, split="test")
     assert len(df) == 45 and df["correct"].mean() > 0.6
     assert sorted(p.name for p in demo.iterdir()) == before, "nothing is written into demo/"
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _formula_cells(data: bytes) -> list[str]:
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+    return [cell for row in rows for cell in row if cell.startswith(FORMULA_START)]
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_predictions_csv_neutralizes_formulas_in_cells_and_headers(tmp_path, relative):
+    evil_class, evil_file = '=HYPERLINK("http://e.invalid","x")', "+cmd|' /C calc'!A0.png"
+    classes = [evil_class, "@SUM(1+1)"]
+    df = pd.DataFrame(
+        {
+            "path": [str(tmp_path / "data" / "-sub" / evil_file)],
+            "split": ["test"],
+            "actual": [evil_class],
+            "predicted": ["@SUM(1+1)"],
+            "confidence": [0.8],
+            f"prob_{evil_class}": [0.2],
+            "prob_@SUM(1+1)": [0.8],
+            "correct": [False],
+        }
+    )
+    data = ev.predictions_csv(df, classes, root=tmp_path / "data" if relative else None)
+    assert _formula_cells(data) == []
+    text = data.decode("utf-8")
+    assert "'=HYPERLINK" in text and "'@SUM" in text
+    assert ("'-sub/+cmd" if relative else str(tmp_path)) in text
+    if relative:
+        assert str(tmp_path) not in text  # no server paths when the root is given (hosted)

@@ -69,3 +69,13 @@ def test_report_written_next_to_run(world):
     text = paths["html"].read_text()
     assert "Most confident mistakes" in text and "odd_blue.png" in text and "90.0%" in text
     assert "red predicted as blue\\: 1" in paths["markdown"].read_text()  # ":" escaped for Streamlit too
+
+
+def test_a_hosted_report_names_the_dataset_folder_only(tmp_path, monkeypatch):
+    result = _evil_result(tmp_path)
+    result.data_dir = tmp_path / "uploads" / "beans-0123" / "beans"
+    monkeypatch.setenv("STUDIO_HOSTED", "1")
+    for text in (render_html(result), render_markdown(result)):
+        assert str(tmp_path) not in text and "beans" in text
+    monkeypatch.setenv("STUDIO_HOSTED", "0")
+    assert str(result.data_dir) in render_html(result)  # local use: the full folder, as before

@@ -3,6 +3,8 @@ folders and zips expand; verdicts; CSV; the loaded model; the predict CLI."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import numpy as np
@@ -233,6 +235,17 @@ def test_results_table_and_csv():
     first = text.splitlines()[1]
     assert first.startswith("'=cmd")  # a spreadsheet will not run it as a formula
     assert "This is not an image file." in text
+
+
+def test_results_csv_neutralizes_formulas_in_cells_and_headers():
+    classes = ['=HYPERLINK("http://e.invalid","x")', "+cmd", "healthy"]
+    ok = pr.make_result("+cmd|' /C calc'!A0.jpg", [0.8, 0.1, 0.1], classes)
+    bad = pr.PredictionResult(name="@evil.png", ok=False, error="-not an image")
+    rows = list(csv.reader(io.StringIO(pr.results_csv([ok, bad], classes).decode("utf-8-sig"))))
+    cells = [cell for row in rows for cell in row]
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))], rows
+    assert '\'=HYPERLINK("http://e.invalid","x")' in rows[0] and "'+cmd" in rows[0]
+    assert rows[1][0].startswith("'+cmd|") and rows[2][0] == "'@evil.png"
 
 
 def test_to_dict_is_json_ready():

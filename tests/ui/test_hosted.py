@@ -65,3 +65,42 @@ def test_no_server_folders_and_training_limits():
     at = _visit("pages/2_Train.py", dataset=settings.sample_dir())
     assert at.number_input(key="cfg_epochs").max == settings.max_epochs() == 30
     assert max(int(o) for o in at.selectbox(key="cfg_image_size").options) <= 224
+
+
+def _url_token(at: AppTest) -> str:
+    token = at.query_params["ws"]
+    return token[0] if isinstance(token, list) else token
+
+
+def test_an_unknown_token_gets_a_fresh_workspace_never_the_chosen_name():
+    chosen = "attacker-chosen-name-0123456789"
+    at = _visit("streamlit_app.py", token=chosen)
+    token = _url_token(at)
+    assert token != chosen and workspace.exists(token)
+    assert not (workspace.workspaces_root() / chosen).exists()
+
+
+def test_a_token_of_an_existing_workspace_is_kept_and_its_use_shown():
+    token = workspace.issue()
+    (workspace.uploads_dir(token) / "photos.bin").write_bytes(b"x" * 2_500_000)
+    at = _visit("streamlit_app.py", token=token)
+    assert _url_token(at) == token
+    assert any("Your workspace holds 2.5 MB of 1.0 GB" in c.value for c in at.sidebar.caption)
+
+
+def test_a_full_workspace_starts_no_training(monkeypatch):
+    monkeypatch.setenv("STUDIO_WORKSPACE_QUOTA_MB", "1")
+    token = workspace.issue()
+    (workspace.uploads_dir(token) / "photos.bin").write_bytes(b"x" * 1_200_000)
+    at = _visit("pages/2_Train.py", token, dataset=settings.sample_dir())
+    at.button(key="t_start").click()
+    at.run()
+    shown = [e.value.replace("\\", "") for e in at.error]  # escaped Markdown, read as plain text
+    assert any("Your workspace holds 1.2 MB, the limit on this demo" in s for s in shown), shown
+    assert list(workspace.runs_dir(token).iterdir()) == []  # no run folder, no job
+
+
+def test_hosted_visitors_see_the_feature_cache_but_cannot_clear_it_for_everyone():
+    at = _visit("pages/2_Train.py", dataset=settings.sample_dir())
+    assert any("Cached image features" in c.value for c in at.caption)
+    assert not [b for b in at.button if b.key == "t_clear_cache"]

@@ -197,3 +197,76 @@ def test_one_image_size_is_a_sentence_not_two_empty_charts():
     at = _run("pages/1_Dataset.py", sources.sample_dataset_dir())
     assert "All images are **160 x 160** pixels" in _text(at)
     assert len(at.get("plotly_chart")) == 1  # the class balance only: no width/height or aspect charts
+
+
+def test_train_page_storage_section_shows_and_clears_the_feature_cache(tmp_path):
+    from lib.data import sources
+
+    entry = tmp_path / "cache" / "features" / "0123abcd"
+    entry.mkdir(parents=True)
+    (entry / "features.npy").write_bytes(b"\0" * 300_000)
+    at = _run("pages/2_Train.py", sources.sample_dataset_dir())
+    assert "No runs yet." in _text(at)  # the storage section shows even without runs
+    assert "Cached image features: 300.0 KB" in _text(at)
+    at.button(key="t_clear_cache").click().run()
+    assert not at.exception
+    assert "Cleared the cached features: 300.0 KB freed." in _text(at)
+    assert "Cached image features: 0 bytes" in _text(at) and at.button(key="t_clear_cache").disabled
+    assert not entry.exists()
+
+
+def test_the_app_removes_temporaries_of_killed_processes_on_start(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from lib import files
+    from lib.ui import frame
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run_dir = tmp_path / "models" / "20260101-000000-MobileNetV2"
+    run_dir.mkdir(parents=True)
+    left = [
+        run_dir / f"{files.TEMP_PREFIX}model.keras.{dead.pid}.0123abcd.keras",
+        tmp_path / "cache" / "scans" / f"{files.TEMP_PREFIX}k.pkl.{dead.pid}.0123abcd.pkl",
+    ]
+    for path in left:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    monkeypatch.setitem(frame._STARTED, "cleaned", False)  # as in a freshly started server
+    _run("streamlit_app.py")
+    assert not any(p.exists() for p in left) and run_dir.is_dir()
+
+
+def test_error_messages_show_user_text_as_plain_text(tmp_path):
+    at = _run("pages/1_Dataset.py")
+    at.radio(key="dataset_source").set_value("folder").run()
+    at.text_input[0].set_value("/no/[x](http://evil.invalid) **bold**").run()
+    at.button[0].click().run()
+    (message,) = [e.value for e in at.error]
+    assert "[x](http" not in message and "**bold**" not in message
+    assert "\\[x\\]\\(http" in message and "\\*\\*bold\\*\\*" in message
+
+
+def test_a_class_folder_with_a_line_break_is_refused_by_name(tmp_path, make_image):
+    root = tmp_path / "data"
+    for cls in ("bad\nname", "good"):
+        for i in range(3):
+            make_image(root / cls / f"{i}.png", (i * 40, 90, 10), seed=i + len(cls))
+    at = _run("pages/1_Dataset.py", root)
+    from lib.text import md_escape
+
+    (message,) = [e.value for e in at.error]  # the folder named, its line break shown as \n
+    assert md_escape("The class folder 'bad\\nname' has control characters or line breaks") in message
+
+
+def test_classes_whose_labels_collide_are_shown_distinctly(tmp_path, make_image):
+    root = tmp_path / "data"
+    for n, cls in enumerate(("bean_rust", "bean-rust", "healthy")):
+        for i in range(4):
+            make_image(root / cls / f"{i}.png", (n * 80, 90, 200 - n * 80), seed=10 * n + i)
+    at = _run("pages/1_Dataset.py", root)
+    headings = [m.value.replace("\\", "") for m in at.markdown if " · " in m.value]
+    assert any(h.startswith("**Bean rust (bean_rust)**") for h in headings), headings
+    assert any(h.startswith("**Bean rust (bean-rust)**") for h in headings), headings
+    assert any(h.startswith("**Healthy**") for h in headings)
