@@ -217,8 +217,12 @@ def test_make_result_top_k_and_probabilities_in_class_order():
 
 def test_knows_line():
     assert pr.knows_line(CLASSES) == "This model knows 3 kinds: Angular leaf spot, Bean rust, Healthy"
-    assert pr.readable_label("bean_rust") == "Bean rust"
-    assert pr.readable_label("angular-leaf_spot") == "Angular leaf spot"
+    assert (
+        pr.knows_line(["bean_rust", "bean-rust"])
+        == "This model knows 2 kinds: Bean rust (bean_rust), Bean rust (bean-rust)"
+    )
+    verdict, _ = pr.verdict_text([0.5, 0.5], ["cats", "Cats"])
+    assert verdict == "Not sure: could be Cats (cats) or Cats (Cats)"
 
 
 def test_results_table_and_csv():

@@ -233,7 +233,7 @@ def test_the_app_removes_temporaries_of_killed_processes_on_start(tmp_path, monk
     for path in left:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half")
-    monkeypatch.setitem(frame._STARTED, "cleaned", False)  # as in a freshly started server
+    monkeypatch.setitem(frame._STARTED, "done", False)  # as in a freshly started server
     _run("streamlit_app.py")
     assert not any(p.exists() for p in left) and run_dir.is_dir()
 
