@@ -102,7 +102,9 @@ def main() -> int:
                 time.sleep(0.2)
         proc = psutil.Process(server.pid)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = pw.chromium.launch(
+                executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=CHROMIUM_ARGS
+            )
             page = browser.new_page()
             page.set_default_timeout(args.timeout * 1000)
             page.goto(url + "/Predict")
