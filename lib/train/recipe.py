@@ -29,7 +29,7 @@ from lib.data.feeder import Stream
 from lib.data.images import decode
 from lib.data.scan import load_scan
 from lib.errors import UserError
-from lib.models import build
+from lib.models import build, engine, loader
 from lib.train import estimate, features
 from lib.train.config import TrainConfig
 from lib.train.finetune import fine_tune as fine_tune_base
@@ -166,6 +166,7 @@ def fit_on_features(
             base.stream,
             report=session.report,
             should_stop=session.stop_requested,
+            log=session.log,
         )
         estimate.record_throughput(
             config, len(data.paths) + len(data.index("train")) * config.views, cached.seconds
@@ -188,6 +189,8 @@ def fit_on_features(
         test=evaluate_features(result.head, cached, data, "test", config.label_smoothing),
         metrics={
             "feature_cache": "hit" if cached.hit else "computed",
+            "feature_engine": cached.engine or "cache",
+            "feature_engine_max_difference": cached.engine_max_diff,
             "feature_seconds": round(cached.seconds, 2),
             "head_seconds": round(head_seconds, 2),
             "assembly_max_difference": round(
@@ -250,6 +253,7 @@ def finish(
     val = fitted.val or evaluate_images(fitted.model, config, data, "validation")
     test = fitted.test or evaluate_images(fitted.model, config, data, "test")
     _save_model(fitted.model, session.run_dir)
+    lite = _save_lite(fitted.model, config, data, session)
     metrics = {
         "time_limited": session.timed_out,
         "classes": data.classes,
@@ -257,6 +261,7 @@ def finish(
         "image_size": config.image_size,
         "weights_used": base.weights if not Path(base.weights).is_absolute() else "file",
         **fitted.metrics,
+        **lite,
         "val_accuracy": val["accuracy"],
         "val_loss": val["loss"],
         "test_accuracy": test["accuracy"] if test else None,
@@ -298,6 +303,32 @@ def _save_model(model: Any, run_dir: Path) -> None:
     files.ensure_free(run_dir, weight_bytes + weight_bytes // 10 + 1024 * 1024, "saving the model")
     with files.atomic_path(run_dir / RUN_FILES["model"]) as tmp:
         clean.save(tmp)
+
+
+def _save_lite(model: Any, config: TrainConfig, data: TrainingData, session: Session) -> dict[str, Any]:
+    """With the LiteRT engine, the run's full model as model.tflite too (probabilities and pooled
+    features), checked against Keras on validation images, so prediction needs no TensorFlow."""
+    if engine.choose() != "litert":
+        return {"lite_model": "not made (the Keras engine runs here; made on first use)"}
+    items = list(data.index("validation")[: engine.CHECK_IMAGES]) or list(range(min(len(data.paths), 4)))
+    pixels = []
+    for i in items:
+        with contextlib.suppress(UserError):
+            pixels.append(decode(data.paths[i], size=config.image_size))
+    converted = loader.run_lite(
+        runs.read_run(session.run_dir), keras_model=model, pixels=np.stack(pixels) if pixels else None
+    )
+    if converted.lite is None:
+        session.log(f"No LiteRT model: {converted.reason}; prediction uses Keras.")
+        return {"lite_model": f"not made: {converted.reason}"}
+    session.log(
+        f"Wrote model.tflite in {converted.seconds:.1f} s (largest difference from Keras {converted.max_diff:.1e})."
+    )
+    return {
+        "lite_model": loader.LITE_FILE,
+        "lite_seconds": round(converted.seconds, 2),
+        "lite_max_difference": converted.max_diff,
+    }
 
 
 def _write_run_config(
