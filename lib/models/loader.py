@@ -5,10 +5,12 @@ the same copy).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -227,10 +229,16 @@ def lite_location(run: Run, digest: str) -> Path:
     return settings.cache_dir() / "tflite" / digest[:24] / LITE_FILE
 
 
-def run_lite(run: Run, keras_model: Any = None, pixels: np.ndarray | None = None) -> engine.Converted:
+def run_lite(
+    run: Run,
+    keras_model: Any = None,
+    pixels: np.ndarray | None = None,
+    made: Callable[[], bytes] | None = None,
+) -> engine.Converted:
     """The run's full model (probabilities and pooled features) as LiteRT: its .tflite when one
     made from this model.keras exists, else converted now (Keras model given or loaded), checked
-    against Keras on `pixels` (or generated images) and kept, in the run or in the cache."""
+    against Keras on `pixels` (or generated images) and kept, in the run or in the cache. made():
+    the .tflite built another way (training grafts the head on the converted base), still checked."""
     digest = model_digest(run)
     size = int(run.image_size or 0)
     identity = {"model_sha256": digest, "image_size": size}
@@ -250,6 +258,9 @@ def run_lite(run: Run, keras_model: Any = None, pixels: np.ndarray | None = None
         if holder["keras"] is None:
             holder["keras"] = _load_keras(run)
         holder["fixed"] = build.fixed_size_outputs(holder["keras"], size)
+        if made is not None:
+            with contextlib.suppress(ValueError, OSError, RuntimeError):
+                return made()
         return holder["fixed"], size, None
 
     def check(lite: engine.LiteModel) -> float:
@@ -259,8 +270,6 @@ def run_lite(run: Run, keras_model: Any = None, pixels: np.ndarray | None = None
 
     converted = engine.cached_conversion(lite_location(run, digest), identity, make, check)
     converted.keras_model = holder["keras"]
-    if converted.lite is not None and converted.seconds and run.writable:
-        runs.append_log(run.path, f"Made the LiteRT model in {converted.seconds:.1f} s (largest difference from Keras {converted.max_diff:.1e}).")
     return converted
 
 
@@ -293,6 +302,12 @@ def load(run: Run | str | Path, engine_name: str | None = None) -> LoadedModel:
             except UserError as exc:
                 raise UserError(f"The model of run {run.id} cannot be used: {exc}") from exc
             converted = run_lite(run)
+            if converted.lite is not None and converted.seconds and run.writable:
+                runs.append_log(
+                    run.path,
+                    f"Made the LiteRT model in {converted.seconds:.1f} s "
+                    f"(largest difference from Keras {converted.max_diff:.1e}).",
+                )
             if converted.lite is not None:
                 shape = converted.lite.output_shape(engine.PROBABILITIES)
                 _check_outputs(run, shape[-1] if shape else None)

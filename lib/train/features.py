@@ -274,6 +274,25 @@ def _check_pixels(data: TrainingData, size: int) -> np.ndarray:
     return np.stack(out) if out else engine.check_images(size)
 
 
+def base_lite(config: TrainConfig, base: Any, weights: str, data: TrainingData) -> engine.Converted:
+    """The frozen base (preprocessing, base, pooling) as LiteRT with a dynamic batch: converted
+    once per base, weights, size, cut and library versions, checked against Keras on a few of
+    the dataset's images, cached for every run."""
+    return engine.feature_engine(
+        config.spec,
+        config.image_size,
+        base,
+        pooled=config.pooling == "avg",
+        batch=None,
+        key_parts={
+            "base": config.base,
+            "weights": registry.weights_identity(config.spec, weights),
+            "cut": config.cut_layer,
+        },
+        check_pixels=_check_pixels(data, config.image_size),
+    )
+
+
 def _extractors(
     config: TrainConfig, base: Any, weights: str, data: TrainingData, engine_name: str | None = None
 ) -> Extractors:
@@ -295,19 +314,7 @@ def _extractors(
         )
     note = ""
     if engine.choose(engine_name) == "litert":
-        converted = engine.feature_engine(
-            config.spec,
-            size,
-            base,
-            pooled=config.pooling == "avg",
-            batch=FEATURE_BATCH,
-            key_parts={
-                "base": config.base,
-                "weights": registry.weights_identity(config.spec, weights),
-                "cut": config.cut_layer,
-            },
-            check_pixels=_check_pixels(data, size),
-        )
+        converted = base_lite(config, base, weights, data)
         lite = converted.lite
         if lite is not None:
             augmented = None

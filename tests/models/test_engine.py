@@ -63,7 +63,7 @@ def test_litert_features_agree_with_keras_and_the_conversion_is_shared(tmp_path,
     pixels = _sample_pixels(96)
     key_parts = {"base": "MobileNetV2", "weights": registry.weights_identity(spec, "bundled"), "cut": None}
     made = engine.feature_engine(
-        spec, 96, base, pooled=True, batch=8, key_parts=key_parts, check_pixels=pixels[:4]
+        spec, 96, base, pooled=True, batch=None, key_parts=key_parts, check_pixels=pixels[:4]
     )
     assert made.lite is not None and not made.cached and made.seconds > 0
     assert made.max_diff is not None and made.max_diff <= engine.TOLERANCE
@@ -74,8 +74,20 @@ def test_litert_features_agree_with_keras_and_the_conversion_is_shared(tmp_path,
     odd = made.lite(pixels[:3].astype(np.float32))[engine.FEATURES]  # a padded last batch
     np.testing.assert_allclose(odd, reference[:3], atol=1e-3)
 
+    # A head grafted onto the converted base (what training does for a frozen base): the same
+    # features, and the Dense layers' probabilities.
+    rng = np.random.default_rng(0)
+    k1, b1 = rng.normal(size=(1280, 16)).astype("f4") * 0.05, rng.normal(size=16).astype("f4")
+    k2, b2 = rng.normal(size=(16, 3)).astype("f4"), rng.normal(size=3).astype("f4")
+    grafted = engine.LiteModel(engine.graft_head(made.path.read_bytes(), [(k1, b1, "relu"), (k2, b2, "softmax")]))
+    out = grafted(pixels[:5].astype(np.float32))
+    logits = np.maximum(out[engine.FEATURES] @ k1 + b1, 0) @ k2 + b2
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(out[engine.PROBABILITIES], expected / expected.sum(1, keepdims=True), atol=1e-5)
+    np.testing.assert_allclose(out[engine.FEATURES], reference[:5], atol=1e-3)
+
     again = engine.feature_engine(
-        spec, 96, base, pooled=True, batch=8, key_parts=key_parts, check_pixels=pixels[:4]
+        spec, 96, base, pooled=True, batch=None, key_parts=key_parts, check_pixels=pixels[:4]
     )
     assert again.cached and again.seconds == 0 and again.path == made.path
     assert len(list((tmp_path / "cache" / "engines").iterdir())) == 1
@@ -105,6 +117,7 @@ def test_training_writes_a_tflite_that_predicts_like_keras_with_features(lite_ru
     assert (lite_run / loader.LITE_FILE).is_file()
     metrics = runs.read_run(lite_run).metrics
     assert metrics["lite_model"] == loader.LITE_FILE and metrics["lite_max_difference"] <= engine.TOLERANCE
+    assert metrics["lite_made"] == "grafted"  # the head went onto the shared converted base
     assert metrics["feature_engine"] == "litert" and metrics["feature_engine_max_difference"] <= engine.TOLERANCE
 
     loader.clear()
