@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import subprocess
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -323,6 +325,66 @@ def load(run: Run | str | Path, engine_name: str | None = None) -> LoadedModel:
         while len(_cache) > max(1, settings.max_loaded_models()):
             _cache.popitem(last=False)
         return loaded
+
+
+def has_lite(run: Run) -> bool:
+    """Whether the run's LiteRT model (or the remembered reason it can't have one) is made already."""
+    digest = model_digest(run)
+    identity = {"model_sha256": digest, "image_size": int(run.image_size or 0)}
+    for target in (run.path / LITE_FILE, lite_location(run, digest)):
+        with contextlib.suppress(OSError, ValueError):
+            if files.read_json(target.with_name(target.name + ".json")).get("identity") == identity:
+                return True
+    return False
+
+
+def prepare_in_background(run_dir: str | Path | None) -> bool:
+    """Make a run's LiteRT model in a child process when it has none yet (the shipped demo after a
+    fresh install), so the first verdict on the Predict page doesn't wait for a conversion;
+    returns whether one was started."""
+    if run_dir is None or engine.choose() != "litert":
+        return False
+    try:
+        run = runs.read_run(run_dir)
+        if not run.has_model or run.damaged or has_lite(run):
+            return False
+        subprocess.Popen(
+            [sys.executable, "-c", "import sys\nfrom lib.models import loader\nloader.load(sys.argv[1])", str(run.path)],
+            cwd=settings.ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:
+        return False
+    return True
+
+
+SUMMARY_FILE = "model_summary.json"
+
+
+def model_summary(run: Run | str | Path) -> dict[str, Any]:
+    """LoadedModel.summary() kept next to the run (or in the cache for read-only runs), so the
+    Evaluate page shows it without loading TensorFlow; made once per model file."""
+    if not isinstance(run, Run):
+        run = runs.open_run(run)
+    where = run.output_dir("reports") / SUMMARY_FILE
+    identity = run.model_identity()
+    with contextlib.suppress(OSError, ValueError):
+        stored = files.read_json(where)
+        if stored.get("model") == identity and isinstance(stored.get("summary"), dict):
+            return stored["summary"]
+    summary = load(run).summary()
+    save_summary(run, summary)
+    return summary
+
+
+def save_summary(run: Run, summary: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError, UserError):
+        files.write_json(
+            run.output_dir("reports") / SUMMARY_FILE, {"model": run.model_identity(), "summary": summary}
+        )
 
 
 def loaded_count() -> int:

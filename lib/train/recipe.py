@@ -254,6 +254,9 @@ def finish(
     test = fitted.test or evaluate_images(fitted.model, config, data, "test")
     _save_model(fitted.model, session.run_dir)
     lite = _save_lite(fitted.model, config, data, base, session)
+    with contextlib.suppress(OSError, UserError, ValueError):  # for the Evaluate page, without TensorFlow
+        run = runs.read_run(session.run_dir)
+        loader.save_summary(run, loader.LoadedModel(run, fitted.model).summary())
     metrics = {
         "time_limited": session.timed_out,
         "classes": data.classes,
