@@ -263,6 +263,25 @@ def feature_model(spec: BaseSpec, size: int, base: Any, pooled: bool) -> Any:
     return keras.Model(inputs, x, name="feature_extractor")
 
 
+def pooled_features_tensor(model: Any) -> Any:
+    """The classifier's pooled base features as a tensor of its graph: the average-pooling layer's
+    output, or (a Flatten head) the base's feature maps averaged, as the feature cache pools them."""
+    import keras
+
+    pool = model.get_layer("pool")
+    if isinstance(pool, keras.layers.GlobalAveragePooling2D):
+        return pool.output
+    x = pool.input
+    return keras.layers.GlobalAveragePooling2D(name="pooled_features")(x) if len(x.shape) == 4 else x
+
+
+def with_features(model: Any) -> Any:
+    """The classifier with a second output: (probabilities, pooled base features), one pass."""
+    import keras
+
+    return keras.Model(model.inputs, [model.outputs[0], pooled_features_tensor(model)], name=model.name + "_features")
+
+
 def copy_head_weights(head_model: Any, model: Any) -> None:
     """Move trained weights from the feature-trained head into the full model (by layer name)."""
     for layer in head_model.layers:

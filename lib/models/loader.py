@@ -16,7 +16,7 @@ import numpy as np
 
 from lib import runs, settings
 from lib.errors import UserError
-from lib.models import registry, safety
+from lib.models import build, registry, safety, unknown
 from lib.runs import Run
 
 
@@ -27,6 +27,9 @@ class LoadedModel:
     run: Run
     keras_model: Any
     _fn: Any = field(default=None, init=False, repr=False)
+    _features_fn: Any = field(default=None, init=False, repr=False)
+    _detector: Any = field(default=None, init=False, repr=False)
+    _detector_read: bool = field(default=False, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
@@ -80,6 +83,49 @@ class LoadedModel:
         if isinstance(out, (list, tuple)):
             out = out[0]
         return np.asarray(out, dtype=np.float32)
+
+    @property
+    def detector(self) -> unknown.Detector | None:
+        """The run's unknown-photo detector and temperature (None for runs trained before it, or
+        when its file doesn't fit this model: such runs predict without the unknown verdict)."""
+        if not self._detector_read:
+            found = unknown.load(self.run.unknown_path)
+            if found is not None and len(found.gaussians.centres) != len(self.classes):
+                found = None
+            self._detector, self._detector_read = found, True
+        return self._detector
+
+    def predict_with_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities N x classes, pooled base features N x D) in one pass of the model."""
+        import tensorflow as tf
+
+        x = np.asarray(pixels)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"expected N x H x W x 3 pixels, got shape {x.shape}")
+        if self._features_fn is None:
+            with self._lock:
+                if self._features_fn is None:
+                    two = build.with_features(self.keras_model)
+                    self._features_fn = tf.function(
+                        lambda t: two(t, training=False),
+                        input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)],
+                    )
+        if x.shape[0] == 0:
+            dims = self.detector.dimensions if self.detector is not None else 0
+            return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, dims), np.float32)
+        probs, feats = self._features_fn(tf.convert_to_tensor(x, dtype=tf.float32))
+        return np.asarray(probs, dtype=np.float32), np.asarray(feats, dtype=np.float32)
+
+    def judge(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(calibrated probabilities, unknown scores 0..1 or None without a detector): what the
+        Predict page and the CLI show."""
+        detector = self.detector
+        if detector is None:
+            return self.predict(pixels), None
+        probs, feats = self.predict_with_features(pixels)
+        return detector.calibrated(probs).astype(np.float32), detector.unknown_score(feats)
 
     def summary(self) -> dict[str, Any]:
         """Layers (top level and in total, nested bases included), parameters, and model.keras size."""
