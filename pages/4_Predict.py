@@ -20,13 +20,16 @@ try:
 except UserError as exc:
     widgets.error(exc)
     st.stop()
+detector = model.detector
 st.markdown(
-    f"**{md_escape(prediction.knows_line(model.classes))}.** It can only answer with one of these, "
-    "so a photo of something else will still get one of these names."
+    f"**{md_escape(prediction.knows_line(model.classes))}.** {prediction.other_photos_line(detector is not None)}"
 )
 
 with st.expander("Options"):
     o1, o2 = st.columns(2)
+    acceptance = prediction.DEFAULT_ACCEPTANCE
+    if detector is not None:
+        acceptance = widgets.acceptance_slider(o1, detector, "p_accept")
     threshold = o1.slider(
         "Say 'not sure' below this confidence",
         0.0,
@@ -60,7 +63,7 @@ if not items:
     st.info("Add one or more photos above to see what the model thinks.")
 else:
     with st.spinner(f"Looking at {plural(len(items), 'file')}…"):
-        results = prediction.predict_images(model, items, unsure_threshold=threshold)
+        results = prediction.predict_images(model, items, unsure_threshold=threshold, acceptance=acceptance)
     good = [r for r in results if r.ok]
     if len(results) > 1:
         failed = len(results) - len(good)
@@ -90,7 +93,10 @@ else:
                 left.image(r.image, width="stretch")
             with right:
                 st.caption(md_escape(r.name))
-                (st.warning if r.unsure else st.success)(md_escape(r.verdict))
+                if r.known is False:
+                    st.info(f"❓ {md_escape(r.verdict)}")
+                else:
+                    (st.warning if r.unsure else st.success)(md_escape(r.verdict))
                 st.plotly_chart(
                     charts.probability_bars(r.probabilities, top=3),
                     key=f"pbars_{n}",

@@ -236,3 +236,20 @@ def calibration(df: pd.DataFrame, classes: Sequence[str], temperature: float) ->
         "bins_before": before_r["bins"],
         "bins_after": after_r["bins"],
     }
+
+
+def calibration_note(cal: dict[str, Any], detector_info: dict[str, Any] | None = None) -> str:
+    """What the calibration numbers mean, in words (with the noise of a small split)."""
+    n = int(cal["images"])
+    text = (
+        "Calibration error: the average gap between how sure the model says it is and how often it is "
+        f"right, over these {n:,} images (0% is perfectly honest)."
+    )
+    if n < 500:
+        # ECE of a perfectly calibrated model on n images is not 0: about sqrt(2 / (pi * n)) * 0.5.
+        floor = 0.4 / np.sqrt(n)
+        text += f" With {n:,} images, about {floor:.0%} of it is chance."
+    note = (detector_info or {}).get("temperature_note")
+    if note:
+        text += f" The temperature was kept at 1: {note.split(':')[0]}."
+    return text

@@ -6,6 +6,7 @@ Used by the Evaluate page and `python -m lib evaluate --unknown DIR`.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +14,35 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from lib.errors import UserError
+from lib.evaluate import foreign
 from lib.evaluate.predictions import predict_split
 from lib.models import loader, unknown
 from lib.runs import Run
 from lib.serve.inputs import Source
 from lib.serve.predict import is_known, predict_images
+
+SOURCES = {
+    "examples": "Made-up pictures (noise, flat colours, screenshots)",
+    "upload": "Upload photos or a zip",
+    "folder": "A folder on this server",
+}
+
+
+def source_choices(allow_folders: bool) -> list[str]:
+    return [k for k in SOURCES if k != "folder" or allow_folders]
+
+
+def example_items() -> list[tuple[str, bytes]]:
+    """The made-up foreign pictures as (name, PNG bytes), ready for check_other_photos."""
+    out = []
+    for name, pixels in foreign.examples().items():
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        out.append((name, buf.getvalue()))
+    return out
 
 
 @dataclass

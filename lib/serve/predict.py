@@ -59,6 +59,28 @@ def knows_line(classes: Sequence[str]) -> str:
     return f"This model knows {len(labels)} {kinds}: {', '.join(labels)}"
 
 
+def other_photos_line(has_detector: bool) -> str:
+    """What happens to a photo of something else, after knows_line."""
+    if has_detector:
+        return (
+            'A photo of something else gets "This doesn\'t look like any of these", with the closest kind '
+            "as a hint; the percentages are calibrated (80% sure is right about 80% of the time)."
+        )
+    return (
+        "It can only answer with one of these, so a photo of something else will still get one of these "
+        "names (this run was trained before the studio could tell; train it again to get that)."
+    )
+
+
+def acceptance_text(level: float) -> str:
+    """How an acceptance level reads in the Options ("99%: 1 in 100 real photos refused")."""
+    refused = 1.0 - float(level)
+    one_in = round(1.0 / refused) if refused > 0 else 0
+    return f"{level:.1%}".replace(".0%", "%") + (
+        f" (about 1 in {one_in:,} real photos refused)" if one_in else ""
+    )
+
+
 def percent(p: float) -> int:
     """A probability as a whole percentage, never "100%" (a model is never certain) nor below 0."""
     return int(min(99, max(0, round(float(p) * 100))))
