@@ -35,10 +35,11 @@ def source_choices(allow_folders: bool) -> list[str]:
     return [k for k in SOURCES if k != "folder" or allow_folders]
 
 
-def example_items() -> list[tuple[str, bytes]]:
-    """The made-up foreign pictures as (name, PNG bytes), ready for check_other_photos."""
+def example_items(**counts: int) -> list[tuple[str, bytes]]:
+    """The made-up foreign pictures as (name, PNG bytes), ready for check_other_photos
+    (counts: n_noise, n_screens, as lib.evaluate.foreign.examples takes)."""
     out = []
-    for name, pixels in foreign.examples().items():
+    for name, pixels in foreign.examples(**counts).items():
         buf = io.BytesIO()
         Image.fromarray(pixels).save(buf, format="PNG")
         out.append((name, buf.getvalue()))

@@ -279,7 +279,33 @@ def with_features(model: Any) -> Any:
     """The classifier with a second output: (probabilities, pooled base features), one pass."""
     import keras
 
-    return keras.Model(model.inputs, [model.outputs[0], pooled_features_tensor(model)], name=model.name + "_features")
+    return keras.Model(model.inputs[0], [model.outputs[0], pooled_features_tensor(model)], name=model.name + "_features")
+
+
+def with_known_score(model: Any, detector: Any) -> Any:
+    """The classifier for export: (calibrated probabilities, known score N x 1) from the same pixels,
+    the detector (lib.models.unknown.Detector) and temperature inside as studio layers."""
+    import keras
+
+    from lib.models.layers import KnownScore, Temperature  # imports Keras: kept lazy
+
+    gaussians = detector.gaussians
+    layer = KnownScore(
+        classes=gaussians.centres.shape[0],
+        dims=gaussians.whitening.shape[0],
+        references=len(detector.reference),
+        name="known",
+    )
+    known = layer(pooled_features_tensor(model))
+    layer.set_weights(
+        [
+            gaussians.whitening.astype("float32"),
+            gaussians.centres.astype("float32"),
+            detector.reference.astype("float32"),
+        ]
+    )
+    probs = Temperature(detector.temperature, name="probabilities")(model.outputs[0])
+    return keras.Model(model.inputs[0], [probs, known], name=model.name + "_with_known")
 
 
 def copy_head_weights(head_model: Any, model: Any) -> None:

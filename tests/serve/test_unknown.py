@@ -120,3 +120,90 @@ def test_cli_predict_json_and_evaluate_unknown(sample_run, tmp_path, capsys):
     assert summary["auroc"] >= 0.98
     assert any(line.startswith("Caught 12 of 12 other photos") for line in lines)
     assert main(["evaluate", "--run", str(sample_run), "--unknown", str(tmp_path / "nowhere")]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Exports carry the known score
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(sample_run, tmp_path_factory):
+    from lib.serve import export as ex
+
+    run = tmp_path_factory.mktemp("export-unknown") / sample_run.name
+    shutil.copytree(sample_run, run)
+    return run, {fmt: ex.export_run(run, fmt) for fmt in ("keras", "savedmodel", "tflite")}
+
+
+@pytest.fixture(scope="module")
+def check_images(model) -> np.ndarray:
+    from lib.data.images import decode
+
+    leaves = [decode(p, size=model.size) for p in _test_leaves()[::5]]
+    others = [foreign.noise(0, model.size), foreign.flat((128, 128, 128), model.size)]
+    others.append(np.asarray(Image.fromarray(foreign.screenshot(0)).resize((model.size, model.size))))
+    return np.stack(leaves + others).astype(np.float32)
+
+
+def _unzip(result, dest):
+    import zipfile
+
+    with zipfile.ZipFile(result.path) as zf:
+        zf.extractall(dest)
+        return dest / zf.namelist()[0].split("/")[0]
+
+
+def test_exports_pass_their_parity_check_on_the_known_score_too(exported):
+    _, results = exported
+    for fmt, result in results.items():
+        parity = result.parity
+        assert parity["ok"] and parity["known_ok"], fmt
+        assert parity["known_agreed"] == parity["images"] and parity["known_max_abs_diff"] < 0.02, fmt
+
+
+def test_the_tflite_export_gives_probabilities_and_known_with_builtin_ops(
+    exported, model, check_images, tmp_path
+):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from lib.serve import export as ex
+
+    folder = _unzip(exported[1]["tflite"], tmp_path)
+    interpreter = Interpreter(model_path=str(folder / "model.tflite"))
+    interpreter.allocate_tensors()
+    shapes = sorted(tuple(o["shape"]) for o in interpreter.get_output_details())
+    assert shapes == [(1, 1), (1, 3)]
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert "CUSTOM" not in ops and not any(o.lower().startswith("flex") for o in ops)
+    probs, known = ex.tflite_outputs(folder / "model.tflite", check_images)
+    app_probs, unknown_scores = model.judge(check_images)
+    np.testing.assert_allclose(probs, app_probs, atol=1e-4)
+    np.testing.assert_allclose(known, 1.0 - unknown_scores, atol=0.02)
+    cut = json.loads((folder / "unknown.json").read_text())["known_below"]
+    assert cut == pytest.approx(0.01)
+    assert np.all(known[-3:] < cut)  # noise, grey, a screenshot: unknown
+    assert np.mean(known[:-3] >= cut) >= 0.8  # the leaves: known
+    readme = (folder / "README.md").read_text()
+    assert "`known` [N, 1]" in readme and "below 0.01" in readme and "known_out" in readme
+
+
+def test_the_keras_and_savedmodel_exports_give_both_outputs(exported, model, check_images, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    import lib.models.layers  # noqa: F401 - the studio's layers, as the export README says
+
+    app_probs, unknown_scores = model.judge(check_images)
+    folder = _unzip(exported[1]["keras"], tmp_path / "k")
+    probs, known = keras.models.load_model(folder / "model.keras", compile=False).predict_on_batch(
+        check_images
+    )
+    np.testing.assert_allclose(probs, app_probs, atol=1e-5)
+    np.testing.assert_allclose(known[:, 0], 1.0 - unknown_scores, atol=0.02)
+    folder = _unzip(exported[1]["savedmodel"], tmp_path / "s")
+    loaded = tf.saved_model.load(str(folder / "saved_model"))  # kept: its variables live in it
+    probs, known = loaded.serve(tf.constant(check_images))
+    np.testing.assert_allclose(probs.numpy(), app_probs, atol=1e-5)
+    np.testing.assert_allclose(known.numpy()[:, 0], 1.0 - unknown_scores, atol=0.02)
+    assert "probs, known = model.serve(pixels)" in (folder / "README.md").read_text()
