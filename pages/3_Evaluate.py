@@ -183,7 +183,9 @@ else:
         k2.metric(
             "Calibration error, calibrated",
             f"{cal['ece_after']:.1%}",
-            delta=f"{(cal['ece_after'] - cal['ece_before']) * 100:+.1f} points",
+            delta=f"{(cal['ece_after'] - cal['ece_before']) * 100:+.1f} points"
+            if cal["temperature"] != 1
+            else None,
             delta_color="inverse",
         )
         k3.metric(

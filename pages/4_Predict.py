@@ -22,7 +22,7 @@ except UserError as exc:
     st.stop()
 detector = model.detector
 st.markdown(
-    f"**{md_escape(prediction.knows_line(model.classes))}.** {prediction.other_photos_line(detector is not None)}"
+    f"**{md_escape(prediction.knows_line(model.classes))}.** {prediction.other_photos_line(detector)}"
 )
 
 with st.expander("Options"):
@@ -94,9 +94,10 @@ else:
             with right:
                 st.caption(md_escape(r.name))
                 if r.known is False:
-                    st.info(f"❓ {md_escape(r.verdict)}")
-                else:
-                    (st.warning if r.unsure else st.success)(md_escape(r.verdict))
+                    st.info(md_escape(r.verdict))
+                    st.caption(prediction.unusual_text(r.unknown_score or 1.0))
+                    continue
+                (st.warning if r.unsure else st.success)(md_escape(r.verdict))
                 st.plotly_chart(
                     charts.probability_bars(r.probabilities, top=3),
                     key=f"pbars_{n}",

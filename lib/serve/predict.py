@@ -59,17 +59,29 @@ def knows_line(classes: Sequence[str]) -> str:
     return f"This model knows {len(labels)} {kinds}: {', '.join(labels)}"
 
 
-def other_photos_line(has_detector: bool) -> str:
-    """What happens to a photo of something else, after knows_line."""
-    if has_detector:
+def other_photos_line(detector: unknown.Detector | None) -> str:
+    """What happens to a photo of something else, after knows_line (and whether the percentages
+    are calibrated: a run with too few validation images keeps the model's own)."""
+    if detector is not None:
+        percentages = (
+            "the percentages are calibrated (80% sure is right about 80% of the time)."
+            if "temperature_note" not in detector.info
+            else "the percentages are the model's own (too few validation photos to calibrate them)."
+        )
         return (
             'A photo of something else gets "This doesn\'t look like any of these", with the closest kind '
-            "as a hint; the percentages are calibrated (80% sure is right about 80% of the time)."
+            f"as a hint; {percentages}"
         )
     return (
         "It can only answer with one of these, so a photo of something else will still get one of these "
         "names (this run was trained before the studio could tell; train it again to get that)."
     )
+
+
+def unusual_text(unknown_score: float) -> str:
+    """How unusual a refused photo is, in words, for under its verdict."""
+    share = min(float(unknown_score), 0.999)
+    return f"Stranger than {share:.1%} of the real photos the model was checked on.".replace(".0%", "%")
 
 
 def acceptance_text(level: float) -> str:
