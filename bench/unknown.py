@@ -214,7 +214,8 @@ def calibration(run_dir: Path) -> dict:
 
 
 def latency(run_dir: Path, data: Path, repeats: int = 7) -> dict:
-    """The detector's cost per image: predict vs predict_with_features + scoring, interleaved."""
+    """The detector's cost per image: predict vs judge (calibrated probabilities and the known
+    score in one graph), interleaved; and the numpy scoring alone (the TensorFlow-free path)."""
     from lib.data.images import decode
     from lib.models import loader
 
@@ -278,8 +279,9 @@ def main() -> int:
         ),
         (
             "detector adds < 2 ms / image",
-            f"{lat['detector_only_ms']} ms scoring; judge {lat['judge_ms']} vs predict {lat['predict_ms']} ms",
-            lat["detector_only_ms"] < 2,
+            f"judge {lat['judge_ms']} vs predict {lat['predict_ms']} ms (numpy scoring alone "
+            f"{lat['detector_only_ms']} ms)",
+            lat["judge_ms"] - lat["predict_ms"] < 2,
         ),
     ]
     if "near" in result:
