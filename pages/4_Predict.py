@@ -122,7 +122,13 @@ with st.expander("Download this model (for a phone, a server or another app)"):
         check = result.parity
         st.markdown(
             f"Agrees with the app on **{check.get('agreed')} of {check.get('images')}** images "
-            f"(largest probability difference {check.get('max_abs_diff', 0):.1e}). {result.size_bytes / 1e6:.1f} MB."
+            f"(largest probability difference {check.get('max_abs_diff', 0):.1e})"
+            + (
+                f'; same "known" / "doesn\'t look like these" answer on {check["known_agreed"]}'
+                if "known_agreed" in check
+                else ""
+            )
+            + f". {result.size_bytes / 1e6:.1f} MB."
         )
         st.download_button(
             f"⬇️ {result.file_name}",
