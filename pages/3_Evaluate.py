@@ -191,9 +191,13 @@ else:
         k3.metric(
             "Temperature", f"{cal['temperature']:.2f}", help="Fitted on the validation images; 1 = unchanged"
         )
-        st.caption(calibration_note(cal, detector.info) + " Predict shows the calibrated percentages.")
+        same = cal["temperature"] == 1
+        st.caption(
+            calibration_note(cal, detector.info)
+            + ("" if same else " Predict shows the calibrated percentages.")
+        )
         st.plotly_chart(
-            charts.reliability_diagram(cal["bins_before"], cal["bins_after"]),
+            charts.reliability_diagram(cal["bins_before"], None if same else cal["bins_after"]),
             key="reliability",
             config={"displayModeBar": False},
         )

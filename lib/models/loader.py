@@ -91,10 +91,19 @@ class LoadedModel:
         when its file doesn't fit this model: such runs predict without the unknown verdict)."""
         if not self._detector_read:
             found = unknown.load(self.run.unknown_path)
-            if found is not None and len(found.gaussians.centres) != len(self.classes):
-                found = None
+            if found is not None and (
+                len(found.gaussians.centres) != len(self.classes) or found.dimensions != self._feature_dims()
+            ):
+                found = None  # a detector of another model (a copied or replaced file): ignore it
             self._detector, self._detector_read = found, True
         return self._detector
+
+    def _feature_dims(self) -> int | None:
+        """Channels of the base's features in the model (what the detector was fitted on)."""
+        try:
+            return int(self.keras_model.get_layer("pool").input.shape[-1])
+        except (ValueError, AttributeError, TypeError):
+            return None
 
     def predict_with_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities N x classes, pooled base features N x D) in one pass of the model."""

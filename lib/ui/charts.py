@@ -250,8 +250,9 @@ def probability_bars(probs: dict[str, float], top: int = 5) -> go.Figure:
     return fig
 
 
-def reliability_diagram(before: list[dict], after: list[dict]) -> go.Figure:
-    """Accuracy against confidence per bin, before and after the temperature; the diagonal is honest."""
+def reliability_diagram(before: list[dict], after: list[dict] | None) -> go.Figure:
+    """Accuracy against confidence per bin, before and (unless None: no temperature) after the
+    temperature; the diagonal is honest."""
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(
@@ -263,7 +264,10 @@ def reliability_diagram(before: list[dict], after: list[dict]) -> go.Figure:
             hoverinfo="skip",
         )
     )
-    for rows, name, colour in ((before, "the model's own", "#ef6c00"), (after, "calibrated", "#1565c0")):
+    lines = [(before, "the model's own", "#ef6c00")] + (
+        [(after, "calibrated", "#1565c0")] if after is not None else []
+    )
+    for rows, name, colour in lines:
         fig.add_trace(
             go.Scatter(
                 x=[r["confidence"] for r in rows],

@@ -207,3 +207,17 @@ def test_the_keras_and_savedmodel_exports_give_both_outputs(exported, model, che
     np.testing.assert_allclose(probs.numpy(), app_probs, atol=1e-5)
     np.testing.assert_allclose(known.numpy()[:, 0], 1.0 - unknown_scores, atol=0.02)
     assert "probs, known = model.serve(pixels)" in (folder / "README.md").read_text()
+
+
+def test_a_detector_of_another_model_is_ignored(sample_run, tmp_path):
+    from lib.models import unknown
+
+    other = tmp_path / "other-run"
+    shutil.copytree(sample_run, other)
+    rng = np.random.default_rng(0)
+    wrong = unknown.fit(rng.random((40, 16)), np.arange(40) % 3, 3, [str(i) for i in range(40)])
+    wrong.save(other / "unknown.npz")  # 16 features: not this MobileNetV2's 1,280
+    m = loader.load(open_run(other))
+    assert m.detector is None
+    [r] = pr.predict_images(m, [("noise.png", _png(foreign.noise(0)))], keep_images=False)
+    assert r.ok and r.known is None
