@@ -25,7 +25,7 @@ from lib.errors import UserError
 from lib.evaluate.other_photos import check_other_photos
 from lib.evaluate.predictions import data_root, evaluate, normalize_split
 from lib.evaluate.report import write_report
-from lib.models import loader
+from lib.models import engine, loader
 from lib.models.registry import BASES
 from lib.serve.predict import percent, predict_images
 from lib.text import clock, size_text
@@ -62,6 +62,16 @@ def _acceptance(text: str) -> float:
     if not 0.5 <= value <= 0.9999:
         raise argparse.ArgumentTypeError("the acceptance must be between 0.5 and 0.9999 (e.g. 0.99)")
     return value
+
+
+def _engine_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=engine.ENGINES,
+        default=None,
+        help="what runs the models: auto (LiteRT on a CPU, Keras with a GPU), litert or keras "
+        "(default: the STUDIO_ENGINE setting, else auto)",
+    )
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
     p.add_argument("--runs-dir", default=None, metavar="DIR", help="where runs are saved (default: models/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _engine_flag(p)
 
     p = sub.add_parser("evaluate", help="evaluate a run on a split and write its report")
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder")
@@ -134,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="A",
         help="with --unknown: the acceptance level",
     )
+    _engine_flag(p)
 
     p = sub.add_parser("predict", help="predict photos (files, folders or zips) with a run")
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder")
@@ -150,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="A",
         help="share of real photos accepted as known; above it a photo is 'unknown' (default: the run's, 0.99)",
     )
+    _engine_flag(p)
 
     p = sub.add_parser("runs", help="list the trained runs (state, accuracy, note)")
     p.add_argument("--runs-dir", default=None, metavar="DIR", help="runs folder (default: models/)")
@@ -516,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if getattr(args, "engine", None):
+        os.environ["STUDIO_ENGINE"] = args.engine  # read by every part (and by child processes)
     try:
         return int(COMMANDS[args.command](args) or 0)
     except UserError as exc:

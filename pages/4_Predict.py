@@ -85,24 +85,24 @@ else:
                 st.error(f"**{md_escape(r.name)}**: {md_escape(r.error)}")
                 continue
             left, right = st.columns([1, 1])
+            with right:  # the verdict first: the heat map needs TensorFlow, loaded on first use
+                st.caption(md_escape(r.name))
+                if r.known is False:  # the photo is still shown; no bars of kinds it isn't
+                    st.info(md_escape(r.verdict))
+                    st.caption(prediction.unusual_text(r.unknown_score or 1.0))
+                else:
+                    (st.warning if r.unsure else st.success)(md_escape(r.verdict))
+                    st.plotly_chart(
+                        charts.probability_bars(r.probabilities, top=3),
+                        key=f"pbars_{n}",
+                        config={"displayModeBar": False, "staticPlot": True},
+                    )
             if show_heat and n < HEAT_MAPS:
                 left.image(
                     cached.heat_map(model, r), caption="Red: where the model looked most", width="stretch"
                 )
             else:
                 left.image(r.image, width="stretch")
-            with right:
-                st.caption(md_escape(r.name))
-                if r.known is False:
-                    st.info(md_escape(r.verdict))
-                    st.caption(prediction.unusual_text(r.unknown_score or 1.0))
-                    continue
-                (st.warning if r.unsure else st.success)(md_escape(r.verdict))
-                st.plotly_chart(
-                    charts.probability_bars(r.probabilities, top=3),
-                    key=f"pbars_{n}",
-                    config={"displayModeBar": False, "staticPlot": True},
-                )
     if len(results) > SHOWN:
         st.caption(f"The first {SHOWN} are shown; the table and the CSV hold all {len(results)}.")
 

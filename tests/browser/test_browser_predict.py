@@ -66,6 +66,8 @@ def test_a_photo_of_something_else_gets_the_third_verdict(app_url, page, tmp_pat
     wait_for_app(page)
     assert unknown.count() == 2
     assert "Closest:" in unknown.first.inner_text()
+    page.get_by_text("Red: where the model looked most").nth(2).wait_for(timeout=120_000)  # every photo shown
+    wait_for_app(page)
     save_screenshot(page, "predict-unknown")
 
 

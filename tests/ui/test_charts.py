@@ -72,7 +72,10 @@ def test_colliding_labels_stay_apart_in_charts():
 
 
 def test_reliability_diagram_draws_before_and_after_or_only_before():
-    rows = [{"confidence": 0.55, "accuracy": 0.5, "count": 4}, {"confidence": 0.95, "accuracy": 0.8, "count": 9}]
+    rows = [
+        {"confidence": 0.55, "accuracy": 0.5, "count": 4},
+        {"confidence": 0.95, "accuracy": 0.8, "count": 9},
+    ]
     both = charts.reliability_diagram(rows, rows)
     assert [t.name for t in both.data] == ["honest", "the model's own", "calibrated"]
     assert list(both.data[1].x) == [0.55, 0.95] and list(both.data[1].y) == [0.5, 0.8]
