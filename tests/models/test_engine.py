@@ -141,6 +141,32 @@ def test_training_writes_a_tflite_that_predicts_like_keras_with_features(lite_ru
     np.testing.assert_allclose(lite.predict(big), keras_model.predict(big), atol=1e-6)
 
 
+def test_a_new_dataset_reuses_the_converted_base(sample_run, tiny_dataset, tmp_path, monkeypatch):
+    from lib.data.scan import load_scan
+    from lib.train import features
+    from lib.train.config import TrainConfig
+    from lib.train.recipe import train
+
+    # The sample run's cache holds its converted base: a run on other data finds it there.
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(sample_run.parent.parent / "cache"))
+    config = TrainConfig(data_dir=str(tiny_dataset), weights="bundled", epochs=2, seed=1)
+    run_dir = runs.create_run(tmp_path / "models", config)
+    metrics = train(config, run_dir)
+    assert metrics["feature_engine"] == "litert" and metrics["feature_cache"] == "computed"
+    assert metrics["lite_made"] == "grafted"
+    assert "the base from the cache" in (run_dir / "log.txt").read_text()
+    # The cached features are the Keras base's features.
+    resolved = config.resolved()
+    data = features.training_data(load_scan(tiny_dataset, resolved.val_fraction, resolved.test_fraction))
+    cached = features.cached(resolved, data, "bundled")
+    assert cached is not None
+    spec, size = registry.get_base("MobileNetV2"), resolved.image_size
+    pixels = np.stack([decode(p, size=size) for p in data.paths[:8]]).astype(np.float32)
+    keras_base = build.build_base("MobileNetV2", size, "bundled")
+    reference = np.asarray(build.feature_model(spec, size, keras_base, pooled=True)(pixels))
+    np.testing.assert_allclose(cached.take(np.arange(8)), reference, atol=2e-3)  # stored as float16
+
+
 def test_a_run_without_a_tflite_gets_one_on_first_use_and_a_disagreeing_one_is_not_used(
     lite_run, tmp_path, monkeypatch
 ):
