@@ -213,3 +213,17 @@ def test_predict_imports_no_tensorflow(lite_run, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "clean"
+
+
+def test_the_engine_flag(lite_run, monkeypatch, capsys):
+    from lib import cli
+
+    monkeypatch.setenv("STUDIO_ENGINE", "auto")  # restored afterwards: the CLI sets it for its process
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["predict", "--run", str(lite_run), "x.jpg", "--engine", "onnx"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    photo = sorted(settings.sample_dir().rglob("*.jpg"))[0]
+    loader.clear()
+    assert cli.main(["predict", "--run", str(lite_run), str(photo), "--engine", "keras"]) == 0
+    assert os.environ["STUDIO_ENGINE"] == "keras" and engine.choose() == "keras"
+    assert capsys.readouterr().out.startswith(str(photo))
