@@ -1,7 +1,8 @@
 """Image-classifier studio: the app's logic, grouped by family (one folder each):
 
     data/      dataset layouts, the scan, splits, sources, the one decoder and the one feeder
-    models/    the registry of bases, building classifiers, custom layers, safety checks, the loader
+    models/    the registry of bases, building classifiers, custom layers, safety checks, the loader,
+               the engine (LiteRT or Keras)
     train/     the config, features, the head, fine-tuning, the recipe, estimates, background jobs
     evaluate/  metrics, stored predictions, comparing runs, the report
     serve/     inputs, plain-words predictions, Grad-CAM, export

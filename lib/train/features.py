@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -85,7 +84,6 @@ class Features:
     seconds: float = 0.0
     engine: str | None = None  # which engine computed them (None: read from the cache)
     engine_max_diff: float | None = None
-    overlapped: bool = False  # computed while TensorFlow loaded (early_extractors)
 
     def rows(self, items: np.ndarray, views: np.ndarray | None = None) -> np.ndarray:
         """Row numbers of (item, view) pairs; view 0 is the plain image."""
@@ -276,75 +274,6 @@ def _check_pixels(data: TrainingData, size: int) -> np.ndarray:
     return np.stack(out) if out else engine.check_images(size)
 
 
-def _base_key_parts(config: TrainConfig, weights: str) -> dict[str, Any]:
-    return {
-        "base": config.base,
-        "weights": registry.weights_identity(config.spec, weights),
-        "cut": config.cut_layer,
-    }
-
-
-def early_extractors(config: TrainConfig, weights: str) -> Extractors | None:
-    """The LiteRT feature extractor straight from the converted-base cache, without TensorFlow:
-    when LiteRT is the engine, there are no augmented views (their layers are Keras) and this
-    base was converted before. The feature pass can then run while TensorFlow loads."""
-    if config.views or engine.choose() != "litert":
-        return None
-    parts = engine.feature_parts(
-        pooled=config.pooling == "avg",
-        batch=None,
-        size=config.image_size,
-        key_parts=_base_key_parts(config, weights),
-    )
-    key = engine.base_key(parts)
-    target = engine.engines_dir() / key / "base.tflite"
-    try:
-        meta = files.read_json(target.with_name(target.name + ".json"))
-        if meta.get("identity") != {"key": key} or not meta.get("ok"):
-            return None
-        lite = engine.LiteModel(target)
-    except (OSError, ValueError, RuntimeError):
-        return None
-    shape = lite.output_shape(engine.FEATURES)
-    if not shape:
-        return None
-    return Extractors(
-        plain=lambda x: lite(x)[engine.FEATURES],
-        augmented=None,
-        feature_shape=tuple(shape[1:]),
-        engine="litert",
-        max_diff=meta.get("max_diff"),
-    )
-
-
-class Background:
-    """compute() in a thread (the feature pass while TensorFlow loads); result() joins and gives
-    its Features or raises what it raised. stop() makes it raise Cancelled at the next batch."""
-
-    def __init__(self, fn: Callable[[Callable[[], bool]], Features]):
-        self._stop = False
-        self._out: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                self._out["value"] = fn(lambda: self._stop)
-            except BaseException as exc:  # noqa: BLE001 - handed to result()
-                self._out["error"] = exc
-
-        self._thread = threading.Thread(target=work, name="feature-pass", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop = True
-        self._thread.join()
-
-    def result(self) -> Features:
-        self._thread.join()
-        if "error" in self._out:
-            raise self._out["error"]
-        return self._out["value"]
-
-
 def base_lite(config: TrainConfig, base: Any, weights: str, data: TrainingData) -> engine.Converted:
     """The frozen base (preprocessing, base, pooling) as LiteRT with a dynamic batch: converted
     once per base, weights, size, cut and library versions, checked against Keras on a few of
@@ -355,7 +284,11 @@ def base_lite(config: TrainConfig, base: Any, weights: str, data: TrainingData) 
         base,
         pooled=config.pooling == "avg",
         batch=None,
-        key_parts=_base_key_parts(config, weights),
+        key_parts={
+            "base": config.base,
+            "weights": registry.weights_identity(config.spec, weights),
+            "cut": config.cut_layer,
+        },
         check_pixels=_check_pixels(data, config.image_size),
     )
 
@@ -422,10 +355,8 @@ def compute(
     should_stop: Callable[[], bool],
     log: Callable[[str], None] | None = None,
     engine_name: str | None = None,
-    extractors: Extractors | None = None,
 ) -> Features:
-    """Run the base over every image (and the augmented views) into a new cache entry
-    (`extractors`: ready-made ones, see early_extractors; else made from `base`).
+    """Run the base over every image (and the augmented views) into a new cache entry.
 
     Raises Cancelled when should_stop() turns true; the entry is written to a temporary folder and
     renamed into place, so a half-computed cache is never read.
@@ -435,7 +366,7 @@ def compute(
     train_items, _ = plan(config, data)
     n = len(data.paths)
     total_rows = n + len(train_items) * views
-    ex = extractors or _extractors(config, base, weights, data, engine_name)
+    ex = _extractors(config, base, weights, data, engine_name)
     if log is not None:
         if ex.note:
             log(ex.note)
@@ -507,5 +438,4 @@ def compute(
     features.seconds = time.perf_counter() - start
     features.engine = ex.engine
     features.engine_max_diff = ex.max_diff
-    features.overlapped = extractors is not None
     return features

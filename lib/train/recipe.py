@@ -48,7 +48,6 @@ class Base:
     weights: str  # resolved: imagenet | bundled | none | a file
     features: features.Features | None = None  # cached features (a hit), when the cache is used
     stream: Stream | None = None  # images being decoded for a feature pass (a miss)
-    pending: features.Background | None = None  # that pass, started before TensorFlow (LiteRT)
     strategy: Any = None
 
 
@@ -130,22 +129,6 @@ def prepare_base(config: TrainConfig, data: TrainingData, session: Session) -> B
             session.log(f"Features found in the cache ({cached.path.name}).")
         else:
             stream = features.start_decoding(config, data)
-    pending = None
-    early = features.early_extractors(config, weights) if stream is not None else None
-    if early is not None:  # LiteRT needs no TensorFlow: the feature pass runs while it loads
-        pending = features.Background(
-            lambda stop: features.compute(
-                config,
-                data,
-                weights,
-                None,
-                stream,
-                report=session.report,
-                should_stop=lambda: stop() or session.stop_requested(),
-                log=session.log,
-                extractors=early,
-            )
-        )
     try:
         import keras
         import tensorflow as tf
@@ -161,14 +144,10 @@ def prepare_base(config: TrainConfig, data: TrainingData, session: Session) -> B
             model = build.build_base(config.base, config.image_size, weights, cut=config.cut_layer)
             model.trainable = not config.frozen
     except BaseException:
-        if pending is not None:
-            pending.stop()
         if stream is not None:
             stream.close()
         raise
-    return Base(
-        model=model, weights=weights, features=cached, stream=stream, strategy=strategy, pending=pending
-    )
+    return Base(model=model, weights=weights, features=cached, stream=stream, strategy=strategy)
 
 
 def fit_on_features(
@@ -181,19 +160,15 @@ def fit_on_features(
     cached = base.features
     if cached is None:
         assert base.stream is not None
-        cached = (
-            base.pending.result()  # started before TensorFlow was imported
-            if base.pending is not None
-            else features.compute(
-                config,
-                data,
-                base.weights,
-                base.model,
-                base.stream,
-                report=session.report,
-                should_stop=session.stop_requested,
-                log=session.log,
-            )
+        cached = features.compute(
+            config,
+            data,
+            base.weights,
+            base.model,
+            base.stream,
+            report=session.report,
+            should_stop=session.stop_requested,
+            log=session.log,
         )
         estimate.record_throughput(
             config, len(data.paths) + len(data.index("train")) * config.views, cached.seconds
@@ -218,7 +193,6 @@ def fit_on_features(
             "feature_cache": "hit" if cached.hit else "computed",
             "feature_engine": cached.engine or "cache",
             "feature_engine_max_difference": cached.engine_max_diff,
-            "feature_pass_before_tensorflow": cached.overlapped,
             "feature_seconds": round(cached.seconds, 2),
             "head_seconds": round(head_seconds, 2),
             "assembly_max_difference": round(

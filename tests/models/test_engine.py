@@ -141,9 +141,7 @@ def test_training_writes_a_tflite_that_predicts_like_keras_with_features(lite_ru
     np.testing.assert_allclose(lite.predict(big), keras_model.predict(big), atol=1e-6)
 
 
-def test_a_new_dataset_reuses_the_converted_base_and_its_pass_runs_while_tensorflow_loads(
-    sample_run, tiny_dataset, tmp_path, monkeypatch
-):
+def test_a_new_dataset_reuses_the_converted_base(sample_run, tiny_dataset, tmp_path, monkeypatch):
     from lib.data.scan import load_scan
     from lib.train import features
     from lib.train.config import TrainConfig
@@ -154,8 +152,8 @@ def test_a_new_dataset_reuses_the_converted_base_and_its_pass_runs_while_tensorf
     config = TrainConfig(data_dir=str(tiny_dataset), weights="bundled", epochs=2, seed=1)
     run_dir = runs.create_run(tmp_path / "models", config)
     metrics = train(config, run_dir)
-    assert metrics["feature_engine"] == "litert" and metrics["feature_pass_before_tensorflow"] is True
-    assert metrics["feature_cache"] == "computed" and metrics["lite_made"] == "grafted"
+    assert metrics["feature_engine"] == "litert" and metrics["feature_cache"] == "computed"
+    assert metrics["lite_made"] == "grafted"
     assert "the base from the cache" in (run_dir / "log.txt").read_text()
     # The cached features are the Keras base's features.
     resolved = config.resolved()
@@ -215,3 +213,17 @@ def test_predict_imports_no_tensorflow(lite_run, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "clean"
+
+
+def test_the_engine_flag(lite_run, monkeypatch, capsys):
+    from lib import cli
+
+    monkeypatch.setenv("STUDIO_ENGINE", "auto")  # restored afterwards: the CLI sets it for its process
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["predict", "--run", str(lite_run), "x.jpg", "--engine", "onnx"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    photo = sorted(settings.sample_dir().rglob("*.jpg"))[0]
+    loader.clear()
+    assert cli.main(["predict", "--run", str(lite_run), str(photo), "--engine", "keras"]) == 0
+    assert os.environ["STUDIO_ENGINE"] == "keras" and engine.choose() == "keras"
+    assert capsys.readouterr().out.startswith(str(photo))
