@@ -120,17 +120,27 @@ def examine(
         for i, s, score in zip(issues.ranked, issues.suggested, issues.scores, strict=True)
     ]
 
-    near = findings.neighbours(findings.similarity_space(feats.array))
+    near = findings.neighbours(
+        findings.similarity_space(feats.array),
+        pairs_in=findings.normed(feats.array, center=True),
+        layouts=findings.layout(feats.thumbs),
+    )
+    matched = findings.match(feats.thumbs, near.a, near.b)
+    keep = matched >= findings.MATCH
+    order = np.argsort(-matched[keep], kind="stable")
+    pair_a, pair_b = near.a[keep][order], near.b[keep][order]
+    pair_s, pair_m = near.similarity[keep][order], matched[keep][order]
     if near.capped:
         notes.append(
-            f"Some images have more than {findings.MAX_PAIRS_PER_IMAGE} near-copies: only the "
-            f"{findings.MAX_PAIRS_PER_IMAGE} most similar are listed for each."
+            f"Some images look like more than {findings.MAX_PAIRS_PER_IMAGE} others: only the "
+            f"{findings.MAX_PAIRS_PER_IMAGE} most similar were checked for copies."
         )
     dup_rows = [
         {
             "a": rel[a],
             "b": rel[b],
             "similarity": round(float(s), 4),
+            "match": round(float(m), 4),
             "kind": pair_kind(int(labels[a]), int(labels[b]), str(data.splits[a]), str(data.splits[b])),
             "class_a": classes[labels[a]],
             "class_b": classes[labels[b]],
@@ -139,7 +149,7 @@ def examine(
             **{f"{k}_a": v for k, v in decision(rel[a]).items()},
             **{f"{k}_b": v for k, v in decision(rel[b]).items()},
         }
-        for a, b, s in zip(near.a, near.b, near.similarity, strict=True)
+        for a, b, s, m in zip(pair_a, pair_b, pair_s, pair_m, strict=True)
     ]
     score, zscore = findings.outlier_scores(near.knn, near.nearest)
     flagged = np.flatnonzero(zscore > findings.OUTLIER_Z)

@@ -4,13 +4,18 @@ costs no feature pass, and a doctor's pass makes the next training run start in 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from lib import files, settings
+from lib.data.feeder import Feeder
 from lib.data.scan import Scan
+from lib.doctor import findings
 from lib.models import build
 from lib.train import features
 from lib.train.config import TrainConfig
@@ -29,6 +34,31 @@ class DoctorFeatures:
     hit: bool
     seconds: float
     note: str = ""
+    thumbs: np.ndarray | None = None  # 16x16 mean colours per item (findings.thumbs), from a small decode
+
+
+THUMB_SIDE = 32  # decoded this small (JPEG draft mode makes it cheap), then 16x16 mean colours
+THUMB_VERSION = 1
+
+
+def thumbs(data: TrainingData) -> np.ndarray:
+    """16x16 colour thumbnails of every item (float16), kept in <cache>/doctor keyed by the items' content."""
+    path = settings.cache_dir() / "doctor" / f"thumbs-{THUMB_VERSION}-{data.fingerprint}.npy"
+    with contextlib.suppress(OSError, ValueError):
+        found = np.load(path)
+        if found.shape == (len(data.paths), 16, 16, 3):
+            return found
+    out = np.zeros((len(data.paths), 16, 16, 3), dtype=np.float16)
+    with Feeder(THUMB_SIDE, batch=64).batches(data.paths) as stream:
+        for batch in stream:
+            out[batch.items] = findings.thumbs(batch.pixels[: batch.count])
+            for i in batch.errors:
+                out[i] = 0.0
+    with contextlib.suppress(OSError):
+        buf = io.BytesIO()
+        np.save(buf, out)
+        files.write_atomic(path, buf.getvalue())
+    return out
 
 
 def feature_config(
@@ -80,6 +110,7 @@ def compute(
         )
     array = found.take(np.arange(len(data.paths)))
     array = array.reshape(len(array), -1)
+    small = thumbs(data)
     return DoctorFeatures(
         data=data,
         array=array,
@@ -89,4 +120,5 @@ def compute(
         hit=found.hit,
         seconds=time.perf_counter() - start,
         note=note,
+        thumbs=small,
     )

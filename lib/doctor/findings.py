@@ -5,10 +5,14 @@ duplicate pairs, outliers and a 2-D map.
   L2-normed features (averaged over a few fold shuffles, which steadies the ranking), then
   cleanlab's `find_label_issues` (confident learning), ranked most suspect first. Classes with
   fewer than K images can't be cross-validated: they are named and left out of this part only.
-- Near-duplicates and outliers come from one pass over the cosine similarities of the centred,
-  L2-normed features, block by block (memory ~BLOCK_BYTES whatever the dataset's size): pairs at or
-  above a threshold that catches resized, re-compressed and slightly cropped copies, and each
-  image's mean similarity to its nearest neighbours (an outlier is far from every class).
+- Near-duplicates and outliers come from one pass over cosine similarities, block by block (memory
+  ~BLOCK_BYTES whatever the dataset's size). Candidate pairs have similar centred, normed pooled
+  features (DUPLICATE_SIMILARITY) and a similar colour layout (the image as 4x4 mean colours,
+  LAYOUT_SIMILARITY); a candidate is a near-duplicate when the 16x16 colour thumbnails correlate
+  (MATCH) at the best shift of up to one cell (a 5% crop moves the picture by about that). Pooled
+  features alone rate two photos of the same kind of leaf above a half-size JPEG copy of one of
+  them (they are made to ignore where things are, and they see the blur of the copy). Outliers: each image's
+  distance to its nearest neighbours in a whitened space, relative to theirs (a local outlier factor).
 - The map: t-SNE (scikit-learn) of at most MAP_POINTS images, the flagged ones always included.
 """
 
@@ -23,7 +27,9 @@ FOLDS = 5
 SHUFFLES = 3  # fold shuffles averaged for the out-of-sample probabilities
 C = 1.0  # inverse regularisation of the logistic regression (features are L2-normed)
 LR_DIMENSIONS = 256  # PCA before the regression: 20-50x faster than 1,280 dimensions, as accurate
-DUPLICATE_SIMILARITY = 0.5  # cosine in the whitened space (see similarity_space and docs/DOCTOR.md)
+DUPLICATE_SIMILARITY = 0.35  # candidates: cosine of the centred, normed pooled features ...
+LAYOUT_SIMILARITY = 0.95  # ... and of the 4x4 colour layouts (see layout()); then
+MATCH = 0.70  # the best correlation of the 16x16 colour thumbnails within a one-cell shift (see match())
 WHITEN_DIMENSIONS = 128
 NEIGHBOURS = 10  # an image's distance: 1 - mean similarity to this many nearest images
 OUTLIER_Z = 3.0  # robust z-score (median, MAD) of the local distance ratio above which an image is an outlier
@@ -134,6 +140,45 @@ def label_issues(x: np.ndarray, labels: np.ndarray, n_classes: int, *, folds: in
     )
 
 
+def thumbs(pixels: np.ndarray, grid: int = 16) -> np.ndarray:
+    """grid x grid mean colours of square uint8 images (n, S, S, 3), float32 (n, grid, grid, 3)."""
+    n, side = len(pixels), pixels.shape[1]
+    cell = side // grid
+    cells = pixels[:, : cell * grid, : cell * grid].astype(np.float32)
+    return cells.reshape(n, grid, cell, grid, cell, 3).mean(axis=(2, 4))
+
+
+def layout(thumb: np.ndarray, grid: int = 4) -> np.ndarray:
+    """Colour layout descriptors from thumbs(): grid x grid mean colours, each image's mean removed,
+    unit length."""
+    n, side = len(thumb), thumb.shape[1]
+    cell = side // grid
+    cells = thumb.astype(np.float32).reshape(n, grid, cell, grid, cell, 3).mean(axis=(2, 4)).reshape(n, -1)
+    return normed(cells - cells.mean(axis=1, keepdims=True))
+
+
+def match(thumb: np.ndarray, a: np.ndarray, b: np.ndarray, shift: int = 1, chunk: int = 20000) -> np.ndarray:
+    """For pairs (a[i], b[i]): the best correlation of their thumbnails (per-channel means removed)
+    over shifts of up to `shift` cells, on the overlapping part."""
+    side = thumb.shape[1]
+    out = np.full(len(a), -1.0, dtype=np.float32)
+    for start in range(0, len(a), chunk):
+        ta = thumb[a[start : start + chunk]].astype(np.float32)
+        tb = thumb[b[start : start + chunk]].astype(np.float32)
+        best = np.full(len(ta), -1.0, dtype=np.float32)
+        for dy in range(-shift, shift + 1):
+            for dx in range(-shift, shift + 1):
+                pa = ta[:, max(0, dy) : side + min(0, dy), max(0, dx) : side + min(0, dx)]
+                pb = tb[:, max(0, -dy) : side + min(0, -dy), max(0, -dx) : side + min(0, -dx)]
+                pa = (pa - pa.mean(axis=(1, 2), keepdims=True)).reshape(len(pa), -1)
+                pb = (pb - pb.mean(axis=(1, 2), keepdims=True)).reshape(len(pb), -1)
+                den = np.sqrt((pa * pa).sum(1) * (pb * pb).sum(1))
+                corr = (pa * pb).sum(1) / np.where(den > 0, den, np.inf)
+                best = np.maximum(best, corr)
+        out[start : start + chunk] = best
+    return out
+
+
 @dataclass
 class Neighbours:
     a: np.ndarray  # pair first items (a < b)
@@ -147,13 +192,18 @@ class Neighbours:
 def neighbours(
     z: np.ndarray,
     *,
+    pairs_in: np.ndarray | None = None,
+    layouts: np.ndarray | None = None,
     threshold: float = DUPLICATE_SIMILARITY,
+    layout_threshold: float = LAYOUT_SIMILARITY,
     k: int = NEIGHBOURS,
     block_bytes: int = BLOCK_BYTES,
     max_pairs: int = MAX_PAIRS_PER_IMAGE,
 ) -> Neighbours:
-    """Pairs with cosine similarity >= threshold and each row's nearest-neighbour similarity, from
-    row blocks of z @ z.T (z: unit rows), so memory stays ~block_bytes for any number of images."""
+    """Each row's nearest neighbours in z (unit rows), and the pairs whose cosine similarity in
+    `pairs_in` (default z) is >= threshold and, with `layouts`, whose layout similarity is >=
+    layout_threshold; from row blocks of z @ z.T, so memory stays ~block_bytes for any n."""
+    pairs_in = z if pairs_in is None else pairs_in
     n = len(z)
     k = max(0, min(k, n - 1))
     block = max(1, block_bytes // (4 * max(n, 1)))
@@ -163,17 +213,26 @@ def neighbours(
     capped = False
     for start in range(0, n, block):
         stop = min(n, start + block)
-        sims = z[start:stop] @ z.T
         rows = np.arange(stop - start)
-        sims[rows, start + rows] = -np.inf
         if k:
+            sims = z[start:stop] @ z.T
+            sims[rows, start + rows] = -np.inf
             top = np.argpartition(sims, n - k, axis=1)[:, n - k :]
             nearest[start:stop] = top
             knn[start:stop] = np.take_along_axis(sims, top, axis=1).mean(axis=1)
-        hit_r, hit_c = np.nonzero(sims >= threshold)
+        sims = sims if pairs_in is z and k else pairs_in[start:stop] @ pairs_in.T
+        sims[rows, start + rows] = -np.inf
+        close = sims >= threshold
+        if layouts is not None:
+            close &= (layouts[start:stop] @ layouts.T) >= layout_threshold
+        hit_r, hit_c = np.nonzero(close)
         if len(hit_r):
             s = sims[hit_r, hit_c]
-            order = np.lexsort((-s, hit_r))  # per row, most similar first
+            if layouts is not None:  # rank each row's candidates by layout similarity
+                s_rank = np.einsum("ij,ij->i", layouts[start + hit_r], layouts[hit_c])
+            else:
+                s_rank = s
+            order = np.lexsort((-s_rank, hit_r))  # per row, most similar first
             hit_r, hit_c, s = hit_r[order], hit_c[order], s[order]
             rank = np.arange(len(hit_r)) - np.searchsorted(hit_r, hit_r)
             capped = capped or bool((rank >= max_pairs).any())
