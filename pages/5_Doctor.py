@@ -8,7 +8,7 @@ from lib.errors import UserError
 from lib.text import md_escape, plural
 from lib.ui import doctor, widgets
 
-st.title("🩺 Data doctor")
+st.title("Data doctor")
 st.caption(
     "Finds images whose label looks wrong, copies of the same photo (also across train and test) and "
     "images unlike any class, from the features training uses. Your decisions never touch your files."

@@ -79,20 +79,20 @@ def actions(root: Path, path: str, classes: list[str], given: str, suggested: st
     exclude, keep."""
     labels = readable_labels(classes)
     key = _key(where, path)
-    left, mid, right = st.columns(3)
     if suggested and suggested != given:
-        left.button(
+        st.button(
             f"Relabel as {labels[suggested]}",
             key=f"rl_{key}",
             on_click=_decide,
             args=(root, path, "relabel", suggested),
             width="stretch",
         )
+    mid, right = st.columns(2)
     mid.button("Exclude", key=f"ex_{key}", on_click=_decide, args=(root, path, "exclude"), width="stretch")
     right.button("Keep", key=f"kp_{key}", on_click=_decide, args=(root, path, "keep"), width="stretch")
     others = [c for c in classes if c not in (given, suggested)]
     if others:
-        with st.popover("Relabel as …", width="stretch"):
+        with st.popover("Another class …" if suggested else "Relabel as …", width="stretch"):
             for c in others:
                 st.button(
                     labels[c], key=f"rlo_{key}_{_key(c)}", on_click=_decide, args=(root, path, "relabel", c)
@@ -126,9 +126,9 @@ def suspects(root: Path, found: Report, decided: dict[str, curation.Decision]) -
         "Ranked most suspect first: a model trained without each image thinks it belongs to another "
         "class (cleanlab's confident learning). Score 1 = surely mislabelled."
     )
-    cols = st.columns(4)
+    cols = st.columns(3)
     for i, row in enumerate(_page_of(rows, "sus")):
-        with cols[i % 4].container(border=True):
+        with cols[i % 3].container(border=True):
             st.image(cached.thumbnail(row["file"]), width="stretch")
             st.markdown(
                 f"**{md_escape(labels[row['given']])}** → looks like **{md_escape(labels[row['suggested']])}** "
@@ -178,9 +178,9 @@ def outliers(root: Path, found: Report, decided: dict[str, curation.Decision]) -
         return
     st.caption("Images far from every class (a screenshot in a folder of leaves, say): most unusual first.")
     rows = _undecided(found.outliers, decided, ("path",), "out")
-    cols = st.columns(4)
+    cols = st.columns(3)
     for i, row in enumerate(_page_of(rows, "out")):
-        with cols[i % 4].container(border=True):
+        with cols[i % 3].container(border=True):
             st.image(cached.thumbnail(row["file"]), width="stretch")
             st.markdown(f"**{md_escape(labels[row['class']])}** · score {row['score']:.2f}")
             st.caption(md_escape(row["path"]) + _status(decided.get(row["path"]), labels))
@@ -198,7 +198,7 @@ def map_figure(points: pd.DataFrame, classes: list[str]) -> go.Figure:
         if part.empty:
             continue
         fig.add_trace(
-            go.Scattergl(
+            go.Scatter(
                 x=part["x"],
                 y=part["y"],
                 mode="markers",
@@ -221,7 +221,8 @@ def map_figure(points: pd.DataFrame, classes: list[str]) -> go.Figure:
     fig.update_layout(
         height=560,
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        dragmode="lasso",
+        dragmode="zoom",
+        clickmode="event+select",
         legend={"orientation": "h", "y": 1.06},
         xaxis={"visible": False},
         yaxis={"visible": False},
@@ -245,8 +246,8 @@ def embedding(root: Path, found: Report, decided: dict[str, curation.Decision]) 
     sampled = len(points) < found.images
     st.caption(
         "Each dot is an image, placed near images the network sees as similar (t-SNE), coloured by its "
-        "class. ✕ suspect label, ◆ near-duplicate, ★ outlier. Click a dot or draw a lasso around some "
-        "to see them below."
+        "class. ✕ suspect label, ◆ near-duplicate, ★ outlier. Click a dot, or pick the lasso in the chart's toolbar and "
+        "draw around some, to see them below."
         + (
             f" Showing {len(points):,} of {found.images:,} images: every flagged one and a sample."
             if sampled
