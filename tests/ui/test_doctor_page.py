@@ -74,6 +74,27 @@ def test_the_page_shows_the_findings_and_records_decisions(planted):
     assert folder_hash(planted) == before, "decisions never touch the user's files"
 
 
+def test_retrain_with_these_fixes_starts_a_run_on_the_curated_dataset(planted, tmp_path_factory):
+    from lib import runs
+    from lib.train import jobs
+
+    at = _open(planted)
+    _buttons(at, "Exclude")[0].click().run()
+    assert len(curation.decisions(planted)) == 1
+    _buttons(at, "Retrain with these fixes")[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    models = tmp_path_factory.getbasetemp() / "doctor-page-home" / "models"
+    found = runs.list_runs(models)
+    assert len(found) == 1
+    run = found[0]
+    try:
+        assert run.config["data_dir"] == str(planted)
+        assert "Data doctor decision" in (run.path / "notes.md").read_text()
+    finally:
+        jobs.cancel(run.path)
+        curation.undo(planted)
+
+
 def test_the_dataset_page_links_to_the_doctor(planted):
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
     at.session_state["dataset_dir"] = str(planted)
