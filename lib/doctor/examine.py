@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from lib import settings
 from lib.data import curation
 from lib.data.scan import Scan, load_scan
 from lib.doctor import features, findings
+from lib.errors import UserError
 from lib.text import readable_labels
 
 Progress = Callable[[int, int], None]
@@ -76,6 +78,11 @@ def examine(
     """Scan (cached), features (cached), then suspect labels, near-duplicates and outliers."""
     start = time.perf_counter()
     scan = scan or load_scan(data_dir, curated=False)
+    if len(scan.usable) > settings.max_train_images():
+        raise UserError(
+            f"This dataset has {len(scan.usable):,} images; the Data doctor here looks at most "
+            f"{settings.max_train_images():,} (as many as a training run may use)."
+        )
     feats = features.compute(
         scan, base=base, weights=weights, image_size=image_size, progress=progress, should_stop=should_stop
     )

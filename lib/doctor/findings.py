@@ -26,6 +26,7 @@ import numpy as np
 FOLDS = 5
 SHUFFLES = 1  # fold shuffles averaged for the out-of-sample probabilities (3 gained ~0.01 P@k on beans, at 3x the time)
 C = 1.0  # inverse regularisation of the logistic regression (features are L2-normed)
+SECOND_C = 3.0  # the second pass, trained without the first pass's suspects
 LR_DIMENSIONS = 256  # PCA before the regression: 20-50x faster than 1,280 dimensions, as accurate
 DUPLICATE_SIMILARITY = 0.35  # candidates: cosine of the centred, normed pooled features ...
 LAYOUT_SIMILARITY = 0.95  # ... and of the 4x4 colour layouts (see layout()); then
@@ -90,14 +91,19 @@ def out_of_sample_probs(
     folds: int = FOLDS,
     shuffles: int = SHUFFLES,
     c: float = C,
+    leave_out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Class probabilities of every item from models that never saw it (K-fold, averaged over shuffles)."""
+    """Class probabilities of every item from models that never saw it (K-fold, averaged over
+    shuffles); `leave_out` items are predicted but never trained on."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     probs = np.zeros((len(labels), n_classes))
     for seed in range(shuffles):
         for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, labels):
+            if leave_out is not None and len(leave_out):
+                kept = train[~np.isin(train, leave_out)]
+                train = kept if len(np.unique(labels[kept])) >= 2 else train
             model = LogisticRegression(C=c, max_iter=1000)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -122,9 +128,13 @@ def label_issues(x: np.ndarray, labels: np.ndarray, n_classes: int, *, folds: in
     remap[kept_classes] = np.arange(len(kept_classes))
     y = remap[labels[rows]]
     z = reduced(normed(x[rows], center=True))
-    p = out_of_sample_probs(z, y, len(kept_classes), folds=folds)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # Two passes: the second trains without the first pass's suspects (and, cleaner, fits
+        # tighter): P@k on beans with 5% flips 0.714 -> 0.738 (5 seeds), for twice the seconds.
+        first = out_of_sample_probs(z, y, len(kept_classes), folds=folds)
+        suspects = find_label_issues(y, first, return_indices_ranked_by="self_confidence", n_jobs=1)
+        p = out_of_sample_probs(z, y, len(kept_classes), folds=folds, c=SECOND_C, leave_out=suspects)
         found = find_label_issues(y, p, return_indices_ranked_by="self_confidence", n_jobs=1)
         quality = get_label_quality_scores(y, p, method="self_confidence")
     full = np.full((len(labels), n_classes), np.nan)
