@@ -26,7 +26,7 @@ from lib.doctor.examine import examine
 from lib.errors import UserError
 from lib.evaluate.predictions import data_root, evaluate, normalize_split
 from lib.evaluate.report import write_report
-from lib.models import loader
+from lib.models import engine, loader
 from lib.models.registry import BASES
 from lib.serve.predict import percent, predict_images
 from lib.text import clock, size_text
@@ -50,6 +50,16 @@ def _flag_type(f: Any) -> Any:
     hint = typing.get_type_hints(TrainConfig)[f.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if args else hint
+
+
+def _engine_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=engine.ENGINES,
+        default=None,
+        help="what runs the models: auto (LiteRT on a CPU, Keras with a GPU), litert or keras "
+        "(default: the STUDIO_ENGINE setting, else auto)",
+    )
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
     p.add_argument("--runs-dir", default=None, metavar="DIR", help="where runs are saved (default: models/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _engine_flag(p)
 
     p = sub.add_parser("evaluate", help="evaluate a run on a split and write its report")
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder")
@@ -109,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--split", default="test", help="train, validation, test, all, or a folder of class folders"
     )
+    _engine_flag(p)
 
     p = sub.add_parser("predict", help="predict photos (files, folders or zips) with a run")
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder")
@@ -118,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold", type=float, default=0.6, metavar="P", help="unsure below this top probability (0.6)"
     )
     p.add_argument("--top-k", type=int, default=3, metavar="N", help="probabilities listed in JSON (3)")
+    _engine_flag(p)
 
     p = sub.add_parser("runs", help="list the trained runs (state, accuracy, note)")
     p.add_argument("--runs-dir", default=None, metavar="DIR", help="runs folder (default: models/)")
@@ -576,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if getattr(args, "engine", None):
+        os.environ["STUDIO_ENGINE"] = args.engine  # read by every part (and by child processes)
     try:
         return int(COMMANDS[args.command](args) or 0)
     except UserError as exc:

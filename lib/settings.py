@@ -211,3 +211,9 @@ def demo_run_dir() -> Path | None:
     except OSError:
         return None
     return max(found, key=lambda p: p.name) if found else None
+
+
+def engine() -> str:
+    """Which engine runs the models: auto (LiteRT on a CPU, Keras where LiteRT is missing or a GPU
+    is visible), litert or keras. See lib.models.engine."""
+    return (os.environ.get("STUDIO_ENGINE") or "auto").strip().lower()

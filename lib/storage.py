@@ -15,6 +15,8 @@ from lib import files, settings, workspace
 # What each folder of the cache holds, in words (folders not listed here are shown by name).
 CACHE_FOLDERS = {
     "features": "image features of frozen bases (rebuilt when needed)",
+    "engines": "frozen bases converted to LiteRT, shared by every run (rebuilt when needed)",
+    "tflite": "LiteRT models of read-only runs, like the demo (rebuilt when needed)",
     "scans": "dataset scans (rebuilt when needed)",
     "predictions": "predictions of read-only runs, like the demo (rebuilt when needed)",
     "exports": "exported models of read-only runs (rebuilt when needed)",

@@ -82,13 +82,7 @@ else:
                 st.error(f"**{md_escape(r.name)}**: {md_escape(r.error)}")
                 continue
             left, right = st.columns([1, 1])
-            if show_heat and n < HEAT_MAPS:
-                left.image(
-                    cached.heat_map(model, r), caption="Red: where the model looked most", width="stretch"
-                )
-            else:
-                left.image(r.image, width="stretch")
-            with right:
+            with right:  # the verdict first: the heat map needs TensorFlow, loaded on first use
                 st.caption(md_escape(r.name))
                 (st.warning if r.unsure else st.success)(md_escape(r.verdict))
                 st.plotly_chart(
@@ -96,6 +90,12 @@ else:
                     key=f"pbars_{n}",
                     config={"displayModeBar": False, "staticPlot": True},
                 )
+            if show_heat and n < HEAT_MAPS:
+                left.image(
+                    cached.heat_map(model, r), caption="Red: where the model looked most", width="stretch"
+                )
+            else:
+                left.image(r.image, width="stretch")
     if len(results) > SHOWN:
         st.caption(f"The first {SHOWN} are shown; the table and the CSV hold all {len(results)}.")
 

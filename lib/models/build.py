@@ -291,6 +291,44 @@ def fixed_size_model(
     return keras.Model(inputs, inner(inputs, training=False), name=model.name + "_fixed")
 
 
+def with_features(model: Any) -> Any | None:
+    """A model giving [probabilities, pooled base features] for the same input as `model` (any-size
+    pixels): the base's output averaged over space (what the head's "pool" layer gives with avg
+    pooling). None for a model without the studio's "pool" layer (a foreign shape)."""
+    import keras
+
+    try:
+        pool = model.get_layer("pool")
+    except ValueError:
+        return None
+    if isinstance(pool, keras.layers.GlobalAveragePooling2D):
+        features = pool.output
+    elif len(pool.input.shape) == 4:
+        features = keras.layers.GlobalAveragePooling2D(name="pooled_features")(pool.input)
+    else:
+        return None
+    return keras.Model(model.inputs, [model.outputs[0], features], name=model.name + "_with_features")
+
+
+def fixed_size_outputs(model: Any, size: int, *, batch_size: int | None = None) -> Any:
+    """The part of `model` after its Resizing layer with named outputs {"probabilities",
+    "features"} (features only when with_features finds them), taking (batch, S, S, 3) pixels
+    named "image": what is converted to LiteRT."""
+    import keras
+
+    two = with_features(model)
+    outputs = two.outputs if two is not None else model.outputs[:1]
+    resizing = [layer for layer in model.layers if isinstance(layer, keras.layers.Resizing)]
+    inner = keras.Model(resizing[0].output if resizing else model.inputs, outputs)
+    inputs = keras.Input(batch_shape=(batch_size, size, size, 3), dtype="float32", name="image")
+    out = inner(inputs, training=False)
+    out = out if isinstance(out, (list, tuple)) else [out]
+    named = {"probabilities": out[0]}
+    if two is not None:
+        named["features"] = out[1]
+    return keras.Model(inputs, named, name=model.name + "_fixed_outputs")
+
+
 def has_lambda_layers(model: Any) -> bool:
     """True when any layer (nested too) is a Lambda layer; saved models must not have any."""
     import keras

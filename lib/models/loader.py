@@ -5,29 +5,53 @@ the same copy).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import subprocess
+import sys
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lib import runs, settings
+from lib import files, runs, settings
 from lib.errors import UserError
-from lib.models import registry, safety
+from lib.models import engine, registry, safety
 from lib.runs import Run
 
 
-@dataclass(eq=False)
 class LoadedModel:
-    """A loaded run ready to predict: its Keras model, classes (output order) and input size."""
+    """A loaded run ready to predict: classes (output order), input size, and its engine.
 
-    run: Run
-    keras_model: Any
-    _fn: Any = field(default=None, init=False, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    engine "litert": the run's .tflite (probabilities and pooled features) runs in LiteRT and
+    TensorFlow is never imported to predict S x S pixels; the Keras model (keras_model) is loaded
+    only when asked for (Grad-CAM, export, pixels of another size). engine "keras": the Keras
+    model does everything."""
+
+    def __init__(self, run: Run, keras_model: Any = None, *, lite: Any = None, note: str = ""):
+        self.run = run
+        self.lite = lite  # lib.models.engine.LiteModel or None
+        self.note = note  # why LiteRT isn't used, when it isn't
+        self._keras = keras_model
+        self._fns: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> str:
+        return "litert" if self.lite is not None else "keras"
+
+    @property
+    def keras_model(self) -> Any:
+        """The run's Keras model, loaded (and safety-checked) on first use."""
+        if self._keras is None:
+            with self._lock:
+                if self._keras is None:
+                    self._keras = _load_keras(self.run)
+        return self._keras
 
     @property
     def key(self) -> tuple:
@@ -53,33 +77,84 @@ class LoadedModel:
     def last_conv_layer(self) -> str | None:
         return self.spec.last_conv_layer if self.spec else None
 
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
-        """Probabilities (N x classes) for N x H x W x 3 RGB 0-255 pixels (any H, W; S x S is fastest).
+    @property
+    def has_features(self) -> bool:
+        """Whether predict_with_features can give pooled base features for this model."""
+        if self.lite is not None:
+            return engine.FEATURES in self.lite.outputs
+        return self._keras_fn("features") is not None
 
-        A tf.function with a shape-agnostic signature, traced once: ~10x faster than an eager call
-        for one image, and as fast as predict_on_batch without its per-call overhead.
-        """
-        import tensorflow as tf  # the model is Keras: TensorFlow is loaded already
-
+    @staticmethod
+    def _pixels(pixels: np.ndarray) -> np.ndarray:
         x = np.asarray(pixels)
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected N x H x W x 3 pixels, got shape {x.shape}")
+        return x
+
+    def _use_lite(self, x: np.ndarray) -> bool:
+        return self.lite is not None and x.shape[1:3] == (self.lite.size, self.lite.size)
+
+    def _keras_fn(self, kind: str) -> Any:
+        """A tf.function with a shape-agnostic signature, traced once: ~10x faster than an eager
+        call for one image, and as fast as predict_on_batch without its per-call overhead. kind
+        "probs" or "features" (the two-output model; None when this model has no pooled features)."""
+        if kind not in self._fns:
+            import tensorflow as tf  # the Keras path: TensorFlow is needed anyway
+
+            from lib.models import build  # imports Keras: kept lazy
+
+            model = self.keras_model
+            if kind == "features":
+                model = build.with_features(model)
+            with self._lock:
+                if kind not in self._fns:
+                    self._fns[kind] = (
+                        None
+                        if model is None
+                        else tf.function(
+                            lambda t, m=model: m(t, training=False),
+                            input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)],
+                        )
+                    )
+        return self._fns[kind]
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities (N x classes) for N x H x W x 3 RGB 0-255 pixels (any H, W; S x S is
+        fastest, and the only size LiteRT runs: other sizes go through Keras)."""
+        x = self._pixels(pixels)
         if x.shape[0] == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        if self._fn is None:
-            with self._lock:
-                if self._fn is None:
-                    model = self.keras_model
-                    self._fn = tf.function(
-                        lambda t: model(t, training=False),
-                        input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)],
-                    )
-        out = self._fn(tf.convert_to_tensor(x, dtype=tf.float32))
+        if self._use_lite(x):
+            return np.asarray(self.lite(x)[engine.PROBABILITIES], dtype=np.float32)
+        import tensorflow as tf  # the Keras path: TensorFlow is loaded already
+
+        out = self._keras_fn("probs")(tf.convert_to_tensor(x, dtype=tf.float32))
         if isinstance(out, (list, tuple)):
             out = out[0]
         return np.asarray(out, dtype=np.float32)
+
+    def predict_with_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities N x classes, pooled base features N x D) in one pass, for the same
+        pixels as predict(). UserError for a model without the studio's head (no "pool" layer)."""
+        x = self._pixels(pixels)
+        if self._use_lite(x) and engine.FEATURES in self.lite.outputs:
+            out = self.lite(x)
+            return (
+                np.asarray(out[engine.PROBABILITIES], dtype=np.float32),
+                np.asarray(out[engine.FEATURES], dtype=np.float32),
+            )
+        fn = self._keras_fn("features")
+        if fn is None:
+            raise UserError(f"The model of run {self.run.id} has no pooled base features (an unusual shape).")
+        import tensorflow as tf  # the Keras path: TensorFlow is loaded already
+
+        if x.shape[0] == 0:
+            width = int(fn.get_concrete_function().structured_outputs[1].shape[-1])
+            return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, width), np.float32)
+        probs, feats = fn(tf.convert_to_tensor(x, dtype=tf.float32))
+        return np.asarray(probs, dtype=np.float32), np.asarray(feats, dtype=np.float32)
 
     def summary(self) -> dict[str, Any]:
         """Layers (top level and in total, nested bases included), parameters, and model.keras size."""
@@ -110,44 +185,206 @@ class LoadedModel:
         }
 
 
-_cache: OrderedDict[tuple[str, int, int], LoadedModel] = OrderedDict()
+_cache: OrderedDict[tuple, LoadedModel] = OrderedDict()
 _cache_lock = threading.Lock()
+LITE_FILE = "model.tflite"
 
 
-def load(run: Run | str | Path) -> LoadedModel:
-    """The run's model, loaded once per model file (a replaced file is loaded again); at most
-    settings.max_loaded_models() stay in memory, the least recently used leaves first.
-    UserError in plain words for a missing, broken, unsafe or inconsistent run."""
+def _load_keras(run: Run) -> Any:
+    """The run's model.keras through the safety checks; UserError in plain words."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        model = safety.safe_load_model(run.model_path)
+    except UserError as exc:
+        raise UserError(f"The model of run {run.id} cannot be used: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a broken or foreign file, whatever Keras says
+        raise UserError(
+            f"The run's model file {run.model_path} cannot be loaded ({type(exc).__name__}: {exc})."
+        ) from exc
+    outputs = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
+    _check_outputs(run, outputs)
+    return model
+
+
+def _check_outputs(run: Run, outputs: int | None) -> None:
+    if outputs is not None and outputs != len(run.classes):
+        raise UserError(
+            f"The run's model gives {outputs} outputs but the run lists {len(run.classes)} classes: "
+            "the run folder looks inconsistent."
+        )
+
+
+def model_digest(run: Run) -> str:
+    """sha256 of model.keras: what the run's .tflite was made from (survives copying the run)."""
+    h = hashlib.sha256()
+    with open(run.model_path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def lite_location(run: Run, digest: str) -> Path:
+    """<run>/model.tflite when the run folder is writable, else a folder of the cache keyed by the
+    model's content (the shipped demo, read-only copies)."""
+    if run.writable and files.writable_dir(run.path):
+        return run.path / LITE_FILE
+    return settings.cache_dir() / "tflite" / digest[:24] / LITE_FILE
+
+
+def run_lite(
+    run: Run,
+    keras_model: Any = None,
+    pixels: np.ndarray | None = None,
+    made: Callable[[], bytes] | None = None,
+) -> engine.Converted:
+    """The run's full model (probabilities and pooled features) as LiteRT: its .tflite when one
+    made from this model.keras exists, else converted now (Keras model given or loaded), checked
+    against Keras on `pixels` (or generated images) and kept, in the run or in the cache. made():
+    the .tflite built another way (training grafts the head on the converted base), still checked."""
+    digest = model_digest(run)
+    size = int(run.image_size or 0)
+    identity = {"model_sha256": digest, "image_size": size}
+    for target in dict.fromkeys([run.path / LITE_FILE, lite_location(run, digest)]):
+        record = target.with_name(target.name + ".json")
+        if record.is_file():
+            try:
+                if files.read_json(record).get("identity") == identity:
+                    return engine.cached_conversion(target, identity, _never, _never)
+            except (OSError, ValueError, UserError):
+                continue
+    holder: dict[str, Any] = {"keras": keras_model}
+
+    def make() -> tuple[Any, int, int | None]:
+        from lib.models import build  # imports Keras: kept lazy
+
+        if holder["keras"] is None:
+            holder["keras"] = _load_keras(run)
+        holder["fixed"] = build.fixed_size_outputs(holder["keras"], size)
+        if made is not None:
+            with contextlib.suppress(ValueError, OSError, RuntimeError):
+                return made()
+        return holder["fixed"], size, None
+
+    def check(lite: engine.LiteModel) -> float:
+        x = (engine.check_images(size) if pixels is None else np.asarray(pixels)).astype(np.float32)
+        reference = {k: np.asarray(v) for k, v in holder["fixed"](x, training=False).items()}
+        return engine.max_difference(reference, lite(x))
+
+    converted = engine.cached_conversion(lite_location(run, digest), identity, make, check)
+    converted.keras_model = holder["keras"]
+    return converted
+
+
+def _never(*_: Any) -> Any:  # pragma: no cover - a valid record is never made again
+    raise RuntimeError("the converted model was expected in the cache")
+
+
+def load(run: Run | str | Path, engine_name: str | None = None) -> LoadedModel:
+    """The run's model, loaded once per model file and engine (a replaced file is loaded again);
+    at most settings.max_loaded_models() stay in memory, the least recently used leaves first.
+    engine_name: auto, litert or keras (default: the STUDIO_ENGINE setting); LiteRT runs the
+    run's .tflite (made on first use when missing) and falls back to Keras, with a note, when
+    it can't be made or disagrees with Keras. UserError in plain words for a missing, broken,
+    unsafe or inconsistent run."""
     if not isinstance(run, Run):
         run = runs.open_run(run)
     elif not run.has_model:
         run = runs.open_run(run.path)  # raises with the reason
+    chosen = engine.choose(engine_name)
     st = run.model_path.stat()
-    key = (str(run.model_path.resolve()), st.st_mtime_ns, st.st_size)
+    key = (str(run.model_path.resolve()), st.st_mtime_ns, st.st_size, chosen)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        try:
-            model = safety.safe_load_model(run.model_path)
-        except UserError as exc:
-            raise UserError(f"The model of run {run.id} cannot be used: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - a broken or foreign file, whatever Keras says
-            raise UserError(
-                f"The run's model file {run.model_path} cannot be loaded ({type(exc).__name__}: {exc})."
-            ) from exc
-        outputs = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
-        if outputs is not None and outputs != len(run.classes):
-            raise UserError(
-                f"The run's model gives {outputs} outputs but the run lists {len(run.classes)} classes: "
-                "the run folder looks inconsistent."
-            )
-        loaded = LoadedModel(run=run, keras_model=model)
+        loaded = None
+        if chosen == "litert":
+            try:
+                safety.check_model_file(run.model_path)  # the same refusals as the Keras path
+            except UserError as exc:
+                raise UserError(f"The model of run {run.id} cannot be used: {exc}") from exc
+            converted = run_lite(run)
+            if converted.lite is not None and converted.seconds and run.writable:
+                runs.append_log(
+                    run.path,
+                    f"Made the LiteRT model in {converted.seconds:.1f} s "
+                    f"(largest difference from Keras {converted.max_diff:.1e}).",
+                )
+            if converted.lite is not None:
+                shape = converted.lite.output_shape(engine.PROBABILITIES)
+                _check_outputs(run, shape[-1] if shape else None)
+                loaded = LoadedModel(run, getattr(converted, "keras_model", None), lite=converted.lite)
+            else:
+                note = f"Keras runs this model: {converted.reason}."
+                if run.writable:
+                    runs.append_log(run.path, note)
+                loaded = LoadedModel(run, getattr(converted, "keras_model", None) or _load_keras(run), note=note)
+        if loaded is None:
+            loaded = LoadedModel(run, _load_keras(run))
         _cache[key] = loaded
         while len(_cache) > max(1, settings.max_loaded_models()):
             _cache.popitem(last=False)
         return loaded
+
+
+def has_lite(run: Run) -> bool:
+    """Whether the run's LiteRT model (or the remembered reason it can't have one) is made already."""
+    digest = model_digest(run)
+    identity = {"model_sha256": digest, "image_size": int(run.image_size or 0)}
+    for target in (run.path / LITE_FILE, lite_location(run, digest)):
+        with contextlib.suppress(OSError, ValueError):
+            if files.read_json(target.with_name(target.name + ".json")).get("identity") == identity:
+                return True
+    return False
+
+
+def prepare_in_background(run_dir: str | Path | None) -> bool:
+    """Make a run's LiteRT model in a child process when it has none yet (the shipped demo after a
+    fresh install), so the first verdict on the Predict page doesn't wait for a conversion;
+    returns whether one was started."""
+    if run_dir is None or engine.choose() != "litert":
+        return False
+    try:
+        run = runs.read_run(run_dir)
+        if not run.has_model or run.damaged or has_lite(run):
+            return False
+        subprocess.Popen(
+            [sys.executable, "-c", "import sys\nfrom lib.models import loader\nloader.load(sys.argv[1])", str(run.path)],
+            cwd=settings.ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:
+        return False
+    return True
+
+
+SUMMARY_FILE = "model_summary.json"
+
+
+def model_summary(run: Run | str | Path) -> dict[str, Any]:
+    """LoadedModel.summary() kept next to the run (or in the cache for read-only runs), so the
+    Evaluate page shows it without loading TensorFlow; made once per model file."""
+    if not isinstance(run, Run):
+        run = runs.open_run(run)
+    where = run.output_dir("reports") / SUMMARY_FILE
+    identity = run.model_identity()
+    with contextlib.suppress(OSError, ValueError):
+        stored = files.read_json(where)
+        if stored.get("model") == identity and isinstance(stored.get("summary"), dict):
+            return stored["summary"]
+    summary = load(run).summary()
+    save_summary(run, summary)
+    return summary
+
+
+def save_summary(run: Run, summary: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError, UserError):
+        files.write_json(
+            run.output_dir("reports") / SUMMARY_FILE, {"model": run.model_identity(), "summary": summary}
+        )
 
 
 def loaded_count() -> int:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -27,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from lib import files, settings
-from lib.data.feeder import Feeder, Stream
-from lib.errors import Cancelled, DiskFull, UserError
-from lib.models import build, registry
+from lib.data.feeder import Feeder, Stream, decode_one
+from lib.errors import Cancelled, DiskFull, ImageError, UserError
+from lib.models import build, engine, registry
 from lib.text import size_text
 from lib.train.augment import augmenter
 from lib.train.config import TrainConfig
@@ -82,6 +83,9 @@ class Features:
     train_items: np.ndarray  # item indices that have augmented views, in row order
     hit: bool = False
     seconds: float = 0.0
+    engine: str | None = None  # which engine computed them (None: read from the cache)
+    engine_max_diff: float | None = None
+    overlapped: bool = False  # computed while TensorFlow loaded (early_extractors)
 
     def rows(self, items: np.ndarray, views: np.ndarray | None = None) -> np.ndarray:
         """Row numbers of (item, view) pairs; view 0 is the plain image."""
@@ -245,25 +249,166 @@ def start_decoding(config: TrainConfig, data: TrainingData) -> Stream:
 Report = Callable[..., None]
 
 
-def _extractors(config: TrainConfig, base: Any) -> tuple[Any, Any, tuple[int, ...]]:
-    """(plain, augmented, feature shape): compiled functions from a uint8 batch to features, the
-    second through the augmentation layers (None without augmented views)."""
+@dataclass
+class Extractors:
+    """Functions from a uint8 batch to numpy features (augmented: through the augmentation layers,
+    None without augmented views), and which engine runs the base."""
+
+    plain: Callable[[np.ndarray], np.ndarray]
+    augmented: Callable[[np.ndarray], np.ndarray] | None
+    feature_shape: tuple[int, ...]
+    engine: str = "keras"
+    max_diff: float | None = None
+    convert_seconds: float = 0.0
+    note: str = ""
+
+
+def _check_pixels(data: TrainingData, size: int) -> np.ndarray:
+    """A few of the dataset's images (the first that decode), for checking a converted base."""
+    out = []
+    for path in data.paths[: engine.CHECK_IMAGES * 2]:
+        try:
+            out.append(decode_one(path, size, name=str(path)))
+        except ImageError:
+            continue
+        if len(out) >= engine.CHECK_IMAGES:
+            break
+    return np.stack(out) if out else engine.check_images(size)
+
+
+def _base_key_parts(config: TrainConfig, weights: str) -> dict[str, Any]:
+    return {
+        "base": config.base,
+        "weights": registry.weights_identity(config.spec, weights),
+        "cut": config.cut_layer,
+    }
+
+
+def early_extractors(config: TrainConfig, weights: str) -> Extractors | None:
+    """The LiteRT feature extractor straight from the converted-base cache, without TensorFlow:
+    when LiteRT is the engine, there are no augmented views (their layers are Keras) and this
+    base was converted before. The feature pass can then run while TensorFlow loads."""
+    if config.views or engine.choose() != "litert":
+        return None
+    parts = engine.feature_parts(
+        pooled=config.pooling == "avg",
+        batch=None,
+        size=config.image_size,
+        key_parts=_base_key_parts(config, weights),
+    )
+    key = engine.base_key(parts)
+    target = engine.engines_dir() / key / "base.tflite"
+    try:
+        meta = files.read_json(target.with_name(target.name + ".json"))
+        if meta.get("identity") != {"key": key} or not meta.get("ok"):
+            return None
+        lite = engine.LiteModel(target)
+    except (OSError, ValueError, RuntimeError):
+        return None
+    shape = lite.output_shape(engine.FEATURES)
+    if not shape:
+        return None
+    return Extractors(
+        plain=lambda x: lite(x)[engine.FEATURES],
+        augmented=None,
+        feature_shape=tuple(shape[1:]),
+        engine="litert",
+        max_diff=meta.get("max_diff"),
+    )
+
+
+class Background:
+    """compute() in a thread (the feature pass while TensorFlow loads); result() joins and gives
+    its Features or raises what it raised. stop() makes it raise Cancelled at the next batch."""
+
+    def __init__(self, fn: Callable[[Callable[[], bool]], Features]):
+        self._stop = False
+        self._out: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                self._out["value"] = fn(lambda: self._stop)
+            except BaseException as exc:  # noqa: BLE001 - handed to result()
+                self._out["error"] = exc
+
+        self._thread = threading.Thread(target=work, name="feature-pass", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join()
+
+    def result(self) -> Features:
+        self._thread.join()
+        if "error" in self._out:
+            raise self._out["error"]
+        return self._out["value"]
+
+
+def base_lite(config: TrainConfig, base: Any, weights: str, data: TrainingData) -> engine.Converted:
+    """The frozen base (preprocessing, base, pooling) as LiteRT with a dynamic batch: converted
+    once per base, weights, size, cut and library versions, checked against Keras on a few of
+    the dataset's images, cached for every run."""
+    return engine.feature_engine(
+        config.spec,
+        config.image_size,
+        base,
+        pooled=config.pooling == "avg",
+        batch=None,
+        key_parts=_base_key_parts(config, weights),
+        check_pixels=_check_pixels(data, config.image_size),
+    )
+
+
+def _extractors(
+    config: TrainConfig, base: Any, weights: str, data: TrainingData, engine_name: str | None = None
+) -> Extractors:
+    """The feature pass's functions: the base as LiteRT (converted once, cached, checked against
+    Keras) when the engine is LiteRT and it agrees, else compiled Keras functions."""
     import keras
     import tensorflow as tf
 
     extractor = build.feature_model(config.spec, config.image_size, base, pooled=config.pooling == "avg")
     size = config.image_size
     spec = tf.TensorSpec((FEATURE_BATCH, size, size, 3), tf.uint8)
-    plain = tf.function(lambda x: extractor(tf.cast(x, tf.float32), training=False), input_signature=[spec])
-    augmented = None
+    feature_shape = tuple(int(d) for d in extractor.output.shape[1:])
+    aug_fn = None
     if config.views:
         keras.utils.set_random_seed(AUGMENT_SEED)
         aug_layers = augmenter(config, seed=AUGMENT_SEED)
-        augmented = tf.function(
-            lambda x: extractor(aug_layers(tf.cast(x, tf.float32), training=True), training=False),
-            input_signature=[spec],
+        aug_fn = tf.function(
+            lambda x: aug_layers(tf.cast(x, tf.float32), training=True), input_signature=[spec]
         )
-    return plain, augmented, tuple(int(d) for d in extractor.output.shape[1:])
+    note = ""
+    if engine.choose(engine_name) == "litert":
+        converted = base_lite(config, base, weights, data)
+        lite = converted.lite
+        if lite is not None:
+            augmented = None
+            if aug_fn is not None:
+                augmented = lambda x: lite(aug_fn(x).numpy())[engine.FEATURES]  # noqa: E731
+            return Extractors(
+                plain=lambda x: lite(x)[engine.FEATURES],
+                augmented=augmented,
+                feature_shape=feature_shape,
+                engine="litert",
+                max_diff=converted.max_diff,
+                convert_seconds=converted.seconds,
+            )
+        note = f"Keras computes the features: {converted.reason}."
+    keras_plain = tf.function(
+        lambda x: extractor(tf.cast(x, tf.float32), training=False), input_signature=[spec]
+    )
+    augmented = None
+    if aug_fn is not None:
+        keras_aug = tf.function(lambda x: extractor(aug_fn(x), training=False), input_signature=[spec])
+        augmented = lambda x: keras_aug(x).numpy()  # noqa: E731
+    return Extractors(
+        plain=lambda x: keras_plain(x).numpy(),
+        augmented=augmented,
+        feature_shape=feature_shape,
+        note=note,
+    )
 
 
 def compute(
@@ -275,8 +420,12 @@ def compute(
     *,
     report: Report,
     should_stop: Callable[[], bool],
+    log: Callable[[str], None] | None = None,
+    engine_name: str | None = None,
+    extractors: Extractors | None = None,
 ) -> Features:
-    """Run the base over every image (and the augmented views) into a new cache entry.
+    """Run the base over every image (and the augmented views) into a new cache entry
+    (`extractors`: ready-made ones, see early_extractors; else made from `base`).
 
     Raises Cancelled when should_stop() turns true; the entry is written to a temporary folder and
     renamed into place, so a half-computed cache is never read.
@@ -286,7 +435,16 @@ def compute(
     train_items, _ = plan(config, data)
     n = len(data.paths)
     total_rows = n + len(train_items) * views
-    plain, augmented, feature_shape = _extractors(config, base)
+    ex = extractors or _extractors(config, base, weights, data, engine_name)
+    if log is not None:
+        if ex.note:
+            log(ex.note)
+        elif ex.engine == "litert":
+            made = f"converted in {ex.convert_seconds:.1f} s" if ex.convert_seconds else "from the cache"
+            log(
+                f"LiteRT computes the features (the base {made}; largest difference from Keras {ex.max_diff:.1e})."
+            )
+    plain, augmented, feature_shape = ex.plain, ex.augmented, ex.feature_shape
     size = config.image_size
     is_train = np.zeros(n, dtype=bool)
     is_train[train_items] = True
@@ -307,12 +465,12 @@ def compute(
                 if should_stop():
                     raise Cancelled()
                 items, count = batch.items, batch.count
-                array[items] = plain(batch.pixels).numpy()[:count]
+                array[items] = plain(batch.pixels)[:count]
                 done += count
                 if views and is_train[items[0]]:
                     position = np.searchsorted(train_items, items)
                     for view in range(1, views + 1):
-                        array[n + position * views + (view - 1)] = augmented(batch.pixels).numpy()[:count]
+                        array[n + position * views + (view - 1)] = augmented(batch.pixels)[:count]
                         done += count
                 elapsed = time.perf_counter() - start
                 report(
@@ -335,6 +493,8 @@ def compute(
                 "base": config.base,
                 "image_size": size,
                 "seconds": round(time.perf_counter() - start, 2),
+                "engine": ex.engine,
+                "engine_max_diff": ex.max_diff,
             }
             files.write_json(tmp / "meta.json", meta)
     finally:
@@ -345,4 +505,7 @@ def compute(
         raise RuntimeError(f"the feature cache {final} could not be read back")
     features.hit = False
     features.seconds = time.perf_counter() - start
+    features.engine = ex.engine
+    features.engine_max_diff = ex.max_diff
+    features.overlapped = extractors is not None
     return features

@@ -30,7 +30,7 @@ from lib.data.feeder import Stream
 from lib.data.images import decode
 from lib.data.scan import load_scan
 from lib.errors import UserError
-from lib.models import build
+from lib.models import build, engine, loader
 from lib.train import estimate, features
 from lib.train.config import TrainConfig
 from lib.train.finetune import fine_tune as fine_tune_base
@@ -49,6 +49,7 @@ class Base:
     weights: str  # resolved: imagenet | bundled | none | a file
     features: features.Features | None = None  # cached features (a hit), when the cache is used
     stream: Stream | None = None  # images being decoded for a feature pass (a miss)
+    pending: features.Background | None = None  # that pass, started before TensorFlow (LiteRT)
     strategy: Any = None
 
 
@@ -128,6 +129,22 @@ def prepare_base(config: TrainConfig, data: TrainingData, session: Session) -> B
             session.log(f"Features found in the cache ({cached.path.name}).")
         else:
             stream = features.start_decoding(config, data)
+    pending = None
+    early = features.early_extractors(config, weights) if stream is not None else None
+    if early is not None:  # LiteRT needs no TensorFlow: the feature pass runs while it loads
+        pending = features.Background(
+            lambda stop: features.compute(
+                config,
+                data,
+                weights,
+                None,
+                stream,
+                report=session.report,
+                should_stop=lambda: stop() or session.stop_requested(),
+                log=session.log,
+                extractors=early,
+            )
+        )
     try:
         import keras
         import tensorflow as tf
@@ -143,10 +160,14 @@ def prepare_base(config: TrainConfig, data: TrainingData, session: Session) -> B
             model = build.build_base(config.base, config.image_size, weights, cut=config.cut_layer)
             model.trainable = not config.frozen
     except BaseException:
+        if pending is not None:
+            pending.stop()
         if stream is not None:
             stream.close()
         raise
-    return Base(model=model, weights=weights, features=cached, stream=stream, strategy=strategy)
+    return Base(
+        model=model, weights=weights, features=cached, stream=stream, strategy=strategy, pending=pending
+    )
 
 
 def fit_on_features(
@@ -159,14 +180,19 @@ def fit_on_features(
     cached = base.features
     if cached is None:
         assert base.stream is not None
-        cached = features.compute(
-            config,
-            data,
-            base.weights,
-            base.model,
-            base.stream,
-            report=session.report,
-            should_stop=session.stop_requested,
+        cached = (
+            base.pending.result()  # started before TensorFlow was imported
+            if base.pending is not None
+            else features.compute(
+                config,
+                data,
+                base.weights,
+                base.model,
+                base.stream,
+                report=session.report,
+                should_stop=session.stop_requested,
+                log=session.log,
+            )
         )
         estimate.record_throughput(
             config, len(data.paths) + len(data.index("train")) * config.views, cached.seconds
@@ -189,6 +215,9 @@ def fit_on_features(
         test=evaluate_features(result.head, cached, data, "test", config.label_smoothing),
         metrics={
             "feature_cache": "hit" if cached.hit else "computed",
+            "feature_engine": cached.engine or "cache",
+            "feature_engine_max_difference": cached.engine_max_diff,
+            "feature_pass_before_tensorflow": cached.overlapped,
             "feature_seconds": round(cached.seconds, 2),
             "head_seconds": round(head_seconds, 2),
             "assembly_max_difference": round(
@@ -251,6 +280,10 @@ def finish(
     val = fitted.val or evaluate_images(fitted.model, config, data, "validation")
     test = fitted.test or evaluate_images(fitted.model, config, data, "test")
     _save_model(fitted.model, session.run_dir)
+    lite = _save_lite(fitted.model, config, data, base, session)
+    with contextlib.suppress(OSError, UserError, ValueError):  # for the Evaluate page, without TensorFlow
+        run = runs.read_run(session.run_dir)
+        loader.save_summary(run, loader.LoadedModel(run, fitted.model).summary())
     metrics = {
         "time_limited": session.timed_out,
         "classes": data.classes,
@@ -258,6 +291,7 @@ def finish(
         "image_size": config.image_size,
         "weights_used": base.weights if not Path(base.weights).is_absolute() else "file",
         **fitted.metrics,
+        **lite,
         "val_accuracy": val["accuracy"],
         "val_loss": val["loss"],
         "test_accuracy": test["accuracy"] if test else None,
@@ -299,6 +333,75 @@ def _save_model(model: Any, run_dir: Path) -> None:
     files.ensure_free(run_dir, weight_bytes + weight_bytes // 10 + 1024 * 1024, "saving the model")
     with files.atomic_path(run_dir / RUN_FILES["model"]) as tmp:
         clean.save(tmp)
+
+
+def _head_dense(model: Any) -> list[tuple[Any, Any, str]] | None:
+    """The head's Dense layers after the "pool" layer as (kernel, bias, activation), for grafting
+    onto the converted base; None when the head has anything else (or the pooling isn't avg)."""
+    import keras
+
+    layers = list(model.layers)
+    names = [layer.name for layer in layers]
+    if "pool" not in names or not isinstance(
+        layers[names.index("pool")], keras.layers.GlobalAveragePooling2D
+    ):
+        return None
+    dense = []
+    for layer in layers[names.index("pool") + 1 :]:
+        if isinstance(layer, keras.layers.Dropout):
+            continue
+        if not isinstance(layer, keras.layers.Dense) or not layer.use_bias:
+            return None
+        kernel, bias = layer.get_weights()
+        dense.append((kernel, bias, getattr(layer.activation, "__name__", "")))
+    return dense or None
+
+
+def _save_lite(
+    model: Any, config: TrainConfig, data: TrainingData, base: Base, session: Session
+) -> dict[str, Any]:
+    """With the LiteRT engine, the run's full model as model.tflite too (probabilities and pooled
+    features), checked against Keras on validation images, so prediction needs no TensorFlow.
+    A base that stayed frozen is the converted one the feature pass shares: the trained head is
+    grafted onto it in milliseconds; otherwise the whole model is converted (10-20 s)."""
+    if engine.choose() != "litert":
+        return {"lite_model": "not made (the Keras engine runs here; made on first use)"}
+    items = list(data.index("validation")[: engine.CHECK_IMAGES]) or list(range(min(len(data.paths), 4)))
+    pixels = []
+    for i in items:
+        with contextlib.suppress(UserError):
+            pixels.append(decode(data.paths[i], size=config.image_size))
+    made = None
+    how = {"made": "converted"}
+    dense = _head_dense(model) if config.uses_feature_cache and not config.fine_tuning else None
+    if dense is not None:
+
+        def made() -> bytes:
+            converted_base = features.base_lite(config, base.model, base.weights, data)
+            if converted_base.lite is None or converted_base.path is None:
+                raise ValueError(converted_base.reason)
+            grafted = engine.graft_head(converted_base.path.read_bytes(), dense)
+            how["made"] = "grafted"
+            return grafted
+
+    converted = loader.run_lite(
+        runs.read_run(session.run_dir),
+        keras_model=model,
+        pixels=np.stack(pixels) if pixels else None,
+        made=made,
+    )
+    if converted.lite is None:
+        session.log(f"No LiteRT model: {converted.reason}; prediction uses Keras.")
+        return {"lite_model": f"not made: {converted.reason}"}
+    session.log(
+        f"Wrote model.tflite ({how['made']} in {converted.seconds:.1f} s; largest difference from Keras {converted.max_diff:.1e})."
+    )
+    return {
+        "lite_model": loader.LITE_FILE,
+        "lite_made": how["made"] if not converted.cached else "cached",
+        "lite_seconds": round(converted.seconds, 2),
+        "lite_max_difference": converted.max_diff,
+    }
 
 
 def _write_run_config(

@@ -111,7 +111,7 @@ def predictions(run: Run, data_dir: str | None, split: str) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _model_summary(run_dir: str, mtime_ns: int) -> dict[str, Any]:
-    return loader.load(run_dir).summary()
+    return loader.model_summary(run_dir)
 
 
 def model_summary(run: Run) -> dict[str, Any]:

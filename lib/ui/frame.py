@@ -10,6 +10,7 @@ import streamlit as st
 
 from lib import settings, storage, workspace
 from lib.data import images
+from lib.models import loader
 from lib.ui import state
 
 
@@ -74,11 +75,13 @@ _STARTED = {"done": False}  # once per server process (this module is imported o
 
 def clean_on_start() -> None:
     """Process-wide set-up the first time any visitor opens a page: remove the temporary files of
-    processes killed earlier (a crashed app, a killed worker) and tune malloc for decoding."""
+    processes killed earlier (a crashed app, a killed worker), tune malloc for decoding, and make
+    the demo's LiteRT model in the background when it isn't made yet."""
     if not _STARTED["done"]:
         _STARTED["done"] = True
         storage.clean_temp_files()
         images.tune_malloc()
+        loader.prepare_in_background(settings.demo_run_dir())  # the demo's LiteRT model, if missing
 
 
 def run() -> None:
