@@ -95,8 +95,12 @@ def compute(
     found = features.cached(config, data, resolved)
     if found is None:
         stream = features.start_decoding(config, data)
+        # With the base already converted to LiteRT, the pass needs neither TensorFlow nor the base.
+        early = features.early_extractors(config, resolved)
+        model = None
         try:
-            model = build.build_base(config.base, config.image_size, resolved, cut=config.cut_layer)
+            if early is None:
+                model = build.build_base(config.base, config.image_size, resolved, cut=config.cut_layer)
         except BaseException:
             stream.close()
             raise
@@ -106,7 +110,14 @@ def compute(
                 progress(int(p.get("done", 0)), int(p.get("total", len(data.paths))))
 
         found = features.compute(
-            config, data, resolved, model, stream, report=report, should_stop=should_stop or (lambda: False)
+            config,
+            data,
+            resolved,
+            model,
+            stream,
+            report=report,
+            should_stop=should_stop or (lambda: False),
+            extractors=early,
         )
     array = found.take(np.arange(len(data.paths)))
     array = array.reshape(len(array), -1)
