@@ -24,6 +24,7 @@ from lib.data.layouts import check_folder
 from lib.data.scan import health_report, load_scan, scan
 from lib.doctor.examine import examine
 from lib.errors import UserError
+from lib.evaluate.other_photos import check_other_photos
 from lib.evaluate.predictions import data_root, evaluate, normalize_split
 from lib.evaluate.report import write_report
 from lib.models import engine, loader
@@ -50,6 +51,19 @@ def _flag_type(f: Any) -> Any:
     hint = typing.get_type_hints(TrainConfig)[f.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if args else hint
+
+
+def _acceptance(text: str) -> float:
+    """--acceptance: a share between 0.5 and 0.9999 (99 and 99% mean 0.99 too)."""
+    try:
+        value = float(str(text).strip().rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (try 0.99)") from None
+    if value > 1:
+        value /= 100
+    if not 0.5 <= value <= 0.9999:
+        raise argparse.ArgumentTypeError("the acceptance must be between 0.5 and 0.9999 (e.g. 0.99)")
+    return value
 
 
 def _engine_flag(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--split", default="test", help="train, validation, test, all, or a folder of class folders"
     )
+    p.add_argument(
+        "--unknown",
+        metavar="DIR",
+        help="photos of other things (a folder or zip): how many are caught as unknown, how many real "
+        "images of the split are wrongly refused, the AUROC",
+    )
+    p.add_argument(
+        "--acceptance",
+        type=_acceptance,
+        default=None,
+        metavar="A",
+        help="with --unknown: the acceptance level",
+    )
     _engine_flag(p)
 
     p = sub.add_parser("predict", help="predict photos (files, folders or zips) with a run")
@@ -130,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold", type=float, default=0.6, metavar="P", help="unsure below this top probability (0.6)"
     )
     p.add_argument("--top-k", type=int, default=3, metavar="N", help="probabilities listed in JSON (3)")
+    p.add_argument(
+        "--acceptance",
+        type=_acceptance,
+        default=None,
+        metavar="A",
+        help="share of real photos accepted as known; above it a photo is 'unknown' (default: the run's, 0.99)",
+    )
     _engine_flag(p)
 
     p = sub.add_parser("runs", help="list the trained runs (state, accuracy, note)")
@@ -359,6 +393,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     split = normalize_split(args.split or "test")
     run = runs.open_run(args.run)
     data_root(run, args.data, split)  # fail fast, before loading TensorFlow
+    if args.unknown and not Path(args.unknown).expanduser().exists():
+        raise UserError(f"The folder of other photos {args.unknown} does not exist.")
     result = evaluate(run, args.data, split)
     paths = write_report(result)
     m = result.metrics
@@ -383,6 +419,16 @@ def evaluate_command(args: argparse.Namespace) -> int:
         "report": {k: str(v) for k, v in paths.items()},
         "predictions_file": str(result.predictions_file) if result.predictions_file else None,
     }
+    calibration = result.metrics.get("calibration")
+    if calibration:
+        summary["calibration"] = calibration
+    if args.unknown:
+        other = Path(args.unknown).expanduser()
+        check = check_other_photos(
+            run, [(str(other), other)], acceptance=args.acceptance, split=split, data_dir=args.data
+        )
+        print(check.sentence())
+        summary["unknown"] = check.summary()
     print(json.dumps(summary, ensure_ascii=False))
     return 0
 
@@ -396,24 +442,32 @@ def predict_command(args: argparse.Namespace) -> int:
     """One line per photo (or JSON); exit 0 when it ran (even if some files failed), 2 for a bad run."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     model = loader.load(args.run)
+    detector = model.detector
+    acceptance = args.acceptance or (detector.acceptance if detector is not None else None)
     results = predict_images(
         model,
         [(str(p), Path(p)) for p in args.images],
         top_k=args.top_k,
         unsure_threshold=args.threshold,
         keep_images=False,
+        **({"acceptance": acceptance} if acceptance is not None else {}),
     )
     if args.json:
         payload = {
             "run": str(model.run.path),
             "classes": model.classes,
+            "detector": detector is not None,
+            "acceptance": acceptance,
+            "temperature": detector.temperature if detector is not None else None,
             "results": [r.to_dict() for r in results],
         }
         print(json.dumps(payload, ensure_ascii=False))
         return 0
     for r in results:
         if r.ok:
-            extra = f" (top guess {percent(r.confidence or 0.0)}%)" if r.unsure else ""
+            extra = (
+                f" (top guess {percent(r.confidence or 0.0)}%)" if r.unsure and r.known is not False else ""
+            )
             print(f"{r.name}: {r.verdict}{extra}")
         elif r.skipped:
             print(f"{r.name}: skipped ({r.error})")

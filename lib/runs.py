@@ -124,6 +124,11 @@ class Run:
         return self.path / RUN_FILES["model"]
 
     @property
+    def unknown_path(self) -> Path:
+        """The unknown-photo detector and temperature (runs trained before it have none)."""
+        return self.path / RUN_FILES["unknown"]
+
+    @property
     def has_model(self) -> bool:
         return self.model_path.is_file()
 
@@ -144,7 +149,10 @@ class Run:
     def model_identity(self) -> dict[str, int]:
         """What changes when the model file is replaced (cache keys of predictions and exports)."""
         st = self.model_path.stat()
-        return {"mtime_ns": st.st_mtime_ns, "size": st.st_size}
+        identity = {"mtime_ns": st.st_mtime_ns, "size": st.st_size}
+        with contextlib.suppress(OSError):
+            identity["unknown_mtime_ns"] = self.unknown_path.stat().st_mtime_ns
+        return identity
 
     @property
     def writable(self) -> bool:

@@ -51,6 +51,7 @@ RUN_FILES = {
     "status": "status.json",
     "log": "log.txt",
     "notes": "notes.md",
+    "unknown": "unknown.npz",  # the unknown-photo detector and the temperature (lib.models.unknown)
     "checkpoint": "checkpoint.npz",
     "cancel": "cancel.request",
     "worker_log": "worker.log",

@@ -1,17 +1,21 @@
 """Evaluate: how good is a trained run, and which images does it get wrong? Every number is one
 click away from the images behind it."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from lib import settings
 from lib.errors import UserError
+from lib.evaluate import other_photos
 from lib.evaluate import predictions as preds
 from lib.evaluate.compare import compare_runs
-from lib.evaluate.metrics import metrics_from_predictions, per_class_table
+from lib.evaluate.metrics import calibration, calibration_note, metrics_from_predictions, per_class_table
 from lib.evaluate.report import write_report
 from lib.runs import public_config
 from lib.text import md_escape, plural, readable_labels
 from lib.ui import cached, charts, widgets
+from lib.vocab import SPLITS
 
 st.title("3 · Evaluate")
 
@@ -163,6 +167,103 @@ else:
     widgets.gallery(mistakes, classes, "mistake")
 with st.expander("Random samples with their probabilities"):
     widgets.gallery(view.sample(n=min(8, len(view)), random_state=1), classes, "sample")
+
+# --- calibration ----------------------------------------------------------------------------------
+detector = cached.detector(run)
+st.subheader("Are its percentages honest?")
+if detector is None:
+    st.caption(
+        "This run was trained before the studio calibrated its percentages: train it again to see this."
+    )
+else:
+    cal = calibration(df, classes, detector.temperature)
+    if cal:
+        k1, k2, k3 = st.columns(3)
+        k1.metric("Calibration error, the model's own", f"{cal['ece_before']:.1%}")
+        k2.metric(
+            "Calibration error, calibrated",
+            f"{cal['ece_after']:.1%}",
+            delta=f"{(cal['ece_after'] - cal['ece_before']) * 100:+.1f} points"
+            if cal["temperature"] != 1
+            else None,
+            delta_color="inverse",
+        )
+        k3.metric(
+            "Temperature", f"{cal['temperature']:.2f}", help="Fitted on the validation images; 1 = unchanged"
+        )
+        same = cal["temperature"] == 1
+        st.caption(
+            calibration_note(cal, detector.info)
+            + ("" if same else " Predict shows the calibrated percentages.")
+        )
+        st.plotly_chart(
+            charts.reliability_diagram(cal["bins_before"], None if same else cal["bins_after"]),
+            key="reliability",
+            config={"displayModeBar": False},
+        )
+
+# --- other photos ---------------------------------------------------------------------------------
+st.subheader("How does it handle other photos?")
+if detector is None:
+    st.caption(
+        "This run was trained before the studio could recognise photos of other things: train it again "
+        "to see how many it catches."
+    )
+else:
+    st.caption(
+        'Photos that are none of the classes should get "This doesn\'t look like any of these". Check a few, '
+        f"next to how many real {'test' if split not in SPLITS else split} images the same level refuses."
+    )
+    o1, o2 = st.columns([3, 2])
+    source = o1.radio(
+        "Other photos",
+        other_photos.source_choices(settings.allow_server_folders()),
+        format_func=other_photos.SOURCES.get,
+        key="other_source",
+    )
+    level = widgets.acceptance_slider(o2, detector, "other_accept")
+    items: list = []
+    if source == "examples":
+        items = other_photos.example_items()
+    elif source == "upload":
+        uploads = o1.file_uploader(
+            "Photos or a zip of photos that are none of the classes",
+            accept_multiple_files=True,
+            key="other_files",
+            max_upload_size=settings.max_predict_mb(),
+        )
+        items = [(f.name, f.getvalue()) for f in uploads or []]
+    else:
+        folder = o1.text_input("Folder of other photos (or a zip)", key="other_folder")
+        if folder:
+            items = [(folder, Path(folder).expanduser())]
+    real_split = split if split in SPLITS else "test"
+    if st.button("Check these photos", key="other_check", disabled=not items):
+        try:
+            with st.spinner("Judging the photos…"):
+                check = other_photos.check_other_photos(run, items, acceptance=level, split=real_split)
+            st.session_state["other_result"] = (str(run.path), check)
+        except UserError as exc:
+            widgets.error(exc)
+    stored = st.session_state.get("other_result")
+    if stored and stored[0] == str(run.path):
+        check = stored[1]
+        summary = check.summary()
+        m1, m2, m3 = st.columns(3)
+        m1.metric("Other photos caught", f"{summary['caught']} of {summary['other_photos']}")
+        if summary["real_images"]:
+            m2.metric(
+                f"Real {real_split} images wrongly refused",
+                f"{summary['wrongly_refused']} of {summary['real_images']}",
+            )
+        if summary["auroc"] is not None:
+            m3.metric(
+                "Separation (AUROC)",
+                f"{summary['auroc']:.3f}",
+                help="1.0: every other photo looks stranger than every real one; 0.5: no better than chance",
+            )
+        st.markdown(md_escape(check.sentence()))
+        st.dataframe(check.photos, hide_index=True, key="other_table")
 
 # --- the run itself -------------------------------------------------------------------------------
 st.subheader("Training")

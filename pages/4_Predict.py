@@ -20,13 +20,16 @@ try:
 except UserError as exc:
     widgets.error(exc)
     st.stop()
+detector = model.detector
 st.markdown(
-    f"**{md_escape(prediction.knows_line(model.classes))}.** It can only answer with one of these, "
-    "so a photo of something else will still get one of these names."
+    f"**{md_escape(prediction.knows_line(model.classes))}.** {prediction.other_photos_line(detector)}"
 )
 
 with st.expander("Options"):
     o1, o2 = st.columns(2)
+    acceptance = prediction.DEFAULT_ACCEPTANCE
+    if detector is not None:
+        acceptance = widgets.acceptance_slider(o1, detector, "p_accept")
     threshold = o1.slider(
         "Say 'not sure' below this confidence",
         0.0,
@@ -60,7 +63,7 @@ if not items:
     st.info("Add one or more photos above to see what the model thinks.")
 else:
     with st.spinner(f"Looking at {plural(len(items), 'file')}…"):
-        results = prediction.predict_images(model, items, unsure_threshold=threshold)
+        results = prediction.predict_images(model, items, unsure_threshold=threshold, acceptance=acceptance)
     good = [r for r in results if r.ok]
     if len(results) > 1:
         failed = len(results) - len(good)
@@ -84,12 +87,16 @@ else:
             left, right = st.columns([1, 1])
             with right:  # the verdict first: the heat map needs TensorFlow, loaded on first use
                 st.caption(md_escape(r.name))
-                (st.warning if r.unsure else st.success)(md_escape(r.verdict))
-                st.plotly_chart(
-                    charts.probability_bars(r.probabilities, top=3),
-                    key=f"pbars_{n}",
-                    config={"displayModeBar": False, "staticPlot": True},
-                )
+                if r.known is False:  # the photo is still shown; no bars of kinds it isn't
+                    st.info(md_escape(r.verdict))
+                    st.caption(prediction.unusual_text(r.unknown_score or 1.0))
+                else:
+                    (st.warning if r.unsure else st.success)(md_escape(r.verdict))
+                    st.plotly_chart(
+                        charts.probability_bars(r.probabilities, top=3),
+                        key=f"pbars_{n}",
+                        config={"displayModeBar": False, "staticPlot": True},
+                    )
             if show_heat and n < HEAT_MAPS:
                 left.image(
                     cached.heat_map(model, r), caption="Red: where the model looked most", width="stretch"
@@ -115,7 +122,13 @@ with st.expander("Download this model (for a phone, a server or another app)"):
         check = result.parity
         st.markdown(
             f"Agrees with the app on **{check.get('agreed')} of {check.get('images')}** images "
-            f"(largest probability difference {check.get('max_abs_diff', 0):.1e}). {result.size_bytes / 1e6:.1f} MB."
+            f"(largest probability difference {check.get('max_abs_diff', 0):.1e})"
+            + (
+                f'; same "known" / "doesn\'t look like these" answer on {check["known_agreed"]}'
+                if "known_agreed" in check
+                else ""
+            )
+            + f". {result.size_bytes / 1e6:.1f} MB."
         )
         st.download_button(
             f"⬇️ {result.file_name}",

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lib.models import unknown
+
 
 def confusion_matrix(actual: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> np.ndarray:
     """Counts with rows = actual class, columns = predicted class, both in `classes` order."""
@@ -208,3 +210,46 @@ def per_class_table(metrics: dict[str, Any], labels: Sequence[str] | None = None
     table = pd.DataFrame(rows, columns=["class", "precision", "recall", "f1", "support"])
     table.insert(1, "label", list(labels) if labels is not None else classes)
     return table
+
+
+def calibration(df: pd.DataFrame, classes: Sequence[str], temperature: float) -> dict[str, Any] | None:
+    """Expected calibration error and reliability bins of stored predictions before and after the
+    run's temperature (None without predictions)."""
+    if df.empty:
+        return None
+    probs = df[[prob_column(c) for c in classes]].to_numpy(dtype=np.float64)
+    index = {str(c): i for i, c in enumerate(classes)}
+    labels = np.asarray([index.get(str(a), -1) for a in df["actual"]])
+    keep = labels >= 0
+    probs, labels = probs[keep], labels[keep]
+    if len(labels) == 0:
+        return None
+    after = unknown.calibrate(probs, temperature)
+    before_r, after_r = unknown.reliability(probs, labels), unknown.reliability(after, labels)
+    return {
+        "temperature": round(float(temperature), 4),
+        "images": int(len(labels)),
+        "ece_before": round(before_r["ece"], 4),
+        "ece_after": round(after_r["ece"], 4),
+        "nll_before": round(unknown.nll(probs, labels), 4),
+        "nll_after": round(unknown.nll(after, labels), 4),
+        "bins_before": before_r["bins"],
+        "bins_after": after_r["bins"],
+    }
+
+
+def calibration_note(cal: dict[str, Any], detector_info: dict[str, Any] | None = None) -> str:
+    """What the calibration numbers mean, in words (with the noise of a small split)."""
+    n = int(cal["images"])
+    text = (
+        "Calibration error: the average gap between how sure the model says it is and how often it is "
+        f"right, over these {n:,} images (0% is perfectly honest)."
+    )
+    if n < 500:
+        # ECE of a perfectly calibrated model on n images is not 0: about sqrt(2 / (pi * n)) * 0.5.
+        floor = 0.4 / np.sqrt(n)
+        text += f" With {n:,} images, about {floor:.0%} of it is chance."
+    note = (detector_info or {}).get("temperature_note")
+    if note:
+        text += f" The temperature was kept at 1: {note.split(':')[0]}."
+    return text

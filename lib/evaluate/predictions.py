@@ -2,7 +2,8 @@
 
 Predictions are stored next to the run (or in the cache for read-only runs), keyed by the dataset's
 stat fingerprint and the model file, so reopening the Evaluate page runs no model. Rows hold path,
-split, actual, predicted, confidence, prob_<class> per class and correct.
+split, actual, predicted, confidence, prob_<class> per class (the model's own, before the
+temperature), correct, and unknown_score when the run has an unknown-photo detector.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from lib.data.feeder import Feeder
 from lib.data.layouts import scan_key
 from lib.data.scan import scan
 from lib.errors import UserError
-from lib.evaluate.metrics import metrics_from_predictions, prob_column
-from lib.models import loader
+from lib.evaluate.metrics import calibration, metrics_from_predictions, prob_column
+from lib.models import loader, unknown
 from lib.runs import Run
 from lib.text import csv_safe
 from lib.vocab import EVAL_SPLITS, split_name
 
 BATCH_SIZE = 32  # fixed: the last batch is padded, so the model's graph is traced once
-PREDICTIONS_VERSION = 1  # bump when the stored predictions' columns or meaning change
+PREDICTIONS_VERSION = 2  # bump when the stored predictions' columns or meaning change
 COLUMNS_BEFORE = ["path", "split", "actual", "predicted", "confidence"]
 ANOTHER_FOLDER = "another folder"
 VERDICT_FILTERS = {"all": None, "correct": True, "incorrect": False}
@@ -253,13 +254,25 @@ def _predict_split(
     images = _select_images(run, root, split)
     model = loader.load(run)
     feeder = Feeder(model.size, batch=BATCH_SIZE)
-    probs, failed = feeder.run(images["path"].tolist(), model.predict)
+    detector = model.detector
+    if detector is None:
+        probs, failed = feeder.run(images["path"].tolist(), model.predict)
+    else:
+
+        def with_scores(pixels: np.ndarray) -> np.ndarray:
+            raw, feats = model.predict_with_features(pixels)
+            return np.concatenate([raw, detector.unknown_score(feats)[:, None].astype(np.float32)], axis=1)
+
+        probs, failed = feeder.run(images["path"].tolist(), with_scores)
     ok = np.ones(len(images), dtype=bool)
     ok[list(failed)] = False
     images = images[ok].reset_index(drop=True)
     if images.empty:
         raise UserError("None of the selected images could be read any more.")
-    df = _predictions_frame(images, probs[ok], run.classes)
+    probs = probs[ok]
+    df = _predictions_frame(images, probs[:, : len(run.classes)], run.classes)
+    if detector is not None:
+        df["unknown_score"] = probs[:, len(run.classes)].astype(np.float64)
     try:
         with files.atomic_path(where / f"{stem}.parquet") as tmp:
             df.to_parquet(tmp, index=False)
@@ -276,9 +289,13 @@ def evaluate(
     run = run_dir if isinstance(run_dir, Run) else runs.open_run(run_dir)
     df, path = _predict_split(run, data_dir, split)
     norm = normalize_split(split)
+    metrics = metrics_from_predictions(df, run.classes)
+    detector = unknown.load(run.unknown_path)
+    if detector is not None:
+        metrics["calibration"] = calibration(df, run.classes, detector.temperature)
     return EvaluationResult(
         predictions=df,
-        metrics=metrics_from_predictions(df, run.classes),
+        metrics=metrics,
         classes=run.classes,
         run=run,
         split=norm,

@@ -263,6 +263,44 @@ def feature_model(spec: BaseSpec, size: int, base: Any, pooled: bool) -> Any:
     return keras.Model(inputs, x, name="feature_extractor")
 
 
+def pooled_features_tensor(model: Any) -> Any:
+    """The classifier's pooled base features as a tensor of its graph: the average-pooling layer's
+    output, or (a Flatten head) the base's feature maps averaged, as the feature cache pools them."""
+    import keras
+
+    pool = model.get_layer("pool")
+    if isinstance(pool, keras.layers.GlobalAveragePooling2D):
+        return pool.output
+    x = pool.input
+    return keras.layers.GlobalAveragePooling2D(name="pooled_features")(x) if len(x.shape) == 4 else x
+
+
+def with_known_score(model: Any, detector: Any) -> Any:
+    """The classifier for export: (calibrated probabilities, known score N x 1) from the same pixels,
+    the detector (lib.models.unknown.Detector) and temperature inside as studio layers."""
+    import keras
+
+    from lib.models.layers import KnownScore, Temperature  # imports Keras: kept lazy
+
+    gaussians = detector.gaussians
+    layer = KnownScore(
+        classes=gaussians.centres.shape[0],
+        dims=gaussians.whitening.shape[0],
+        references=len(detector.reference),
+        name="known",
+    )
+    known = layer(pooled_features_tensor(model))
+    layer.set_weights(
+        [
+            gaussians.whitening.astype("float32"),
+            gaussians.centres.astype("float32"),
+            detector.reference.astype("float32"),
+        ]
+    )
+    probs = Temperature(detector.temperature, name="probabilities")(model.outputs[0])
+    return keras.Model(model.inputs[0], [probs, known], name=model.name + "_with_known")
+
+
 def copy_head_weights(head_model: Any, model: Any) -> None:
     """Move trained weights from the feature-trained head into the full model (by layer name)."""
     for layer in head_model.layers:

@@ -29,7 +29,11 @@ KERAS_MEMBERS = {"config.json", "metadata.json", "model.weights.h5"}
 REQUIRED_MEMBERS = {"config.json", "model.weights.h5"}
 
 # The studio's registered layers (lib/models/layers.py CUSTOM_OBJECTS); a test keeps the two in step.
-STUDIO_LAYERS = {"studio>CaffePreprocess": "CaffePreprocess"}
+STUDIO_LAYERS = {
+    "studio>CaffePreprocess": "CaffePreprocess",
+    "studio>KnownScore": "KnownScore",
+    "studio>Temperature": "Temperature",
+}
 STUDIO_MODULES = (None, "lib.models.layers", "lib.layers")  # lib.layers: models saved before the move
 
 LAMBDA_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda", "__lambda__"}

@@ -28,7 +28,7 @@ from lib.models import build, loader
 from lib.models.loader import LoadedModel
 from lib.runs import Run, open_run
 
-EXPORT_VERSION = 1  # bump when the files inside an export change, so cached exports are rebuilt
+EXPORT_VERSION = 2  # bump when the files inside an export change, so cached exports are rebuilt
 FORMATS: dict[str, str] = {
     "keras": "Keras model (.keras)",
     "savedmodel": "TensorFlow SavedModel",
@@ -251,6 +251,14 @@ def tflite_bytes(
 
 def tflite_predict(path_or_bytes: str | Path | bytes, images: np.ndarray) -> np.ndarray:
     """Run a TFLite file with the LiteRT interpreter, one image at a time: N x classes probabilities."""
+    return tflite_outputs(path_or_bytes, images)[0]
+
+
+def tflite_outputs(
+    path_or_bytes: str | Path | bytes, images: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N x classes probabilities, N known scores or None) of a TFLite file, run by LiteRT one image
+    at a time. The known score is the output of shape [1, 1] (the probabilities have 2 or more)."""
     from ai_edge_litert.interpreter import Interpreter
 
     if isinstance(path_or_bytes, (bytes, bytearray)):
@@ -259,13 +267,18 @@ def tflite_predict(path_or_bytes: str | Path | bytes, images: np.ndarray) -> np.
         interpreter = Interpreter(model_path=str(path_or_bytes))
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    rows = []
+    outputs = interpreter.get_output_details()
+    probs_out = next(o for o in outputs if int(o["shape"][-1]) > 1)
+    known_out = next((o for o in outputs if int(o["shape"][-1]) == 1), None)
+    rows, known = [], []
     for image in np.asarray(images, dtype=np.float32):
         interpreter.set_tensor(inp["index"], image[None])
         interpreter.invoke()
-        rows.append(np.array(interpreter.get_tensor(out["index"])[0], dtype=np.float32))
-    return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+        rows.append(np.array(interpreter.get_tensor(probs_out["index"])[0], dtype=np.float32))
+        if known_out is not None:
+            known.append(float(interpreter.get_tensor(known_out["index"])[0][0]))
+    probs = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+    return probs, (np.asarray(known, dtype=np.float32) if known_out is not None else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,20 +346,58 @@ def _readme(
         ]
         if fmt == "tflite_int8":
             lines += ["Weights and activations are int8 inside; input and output stay float32."]
-    lines += [
-        "",
-        "## Output",
-        f"{len(run.classes)} probabilities (softmax) in the order of labels.txt, one class per line.",
-        "",
-        "## Load it",
-        "```python",
-    ]
+    detector = model.detector
+    lines += ["", "## Output"]
+    if detector is None:
+        lines += [
+            f"{len(run.classes)} probabilities (softmax) in the order of labels.txt, one class per line."
+        ]
+    else:
+        cut = 1.0 - detector.acceptance
+        lines += [
+            "Two outputs:",
+            "",
+            f"- `probabilities` [N, {len(run.classes)}]: calibrated class probabilities (temperature "
+            f"{detector.temperature:.3g} applied) in the order of labels.txt, one class per line.",
+            "- `known` [N, 1]: how much the photo looks like the photos the model was trained on, 0-1: the",
+            "  share of the model's own held-out photos that look at least as unusual.",
+            "",
+            f"**Reading it:** when `known` is below {cut:.3g} the photo looks like none of the classes: say",
+            '"this doesn\'t look like any of these" (the top probability is then only a hint of the closest',
+            f"class). At {cut:.3g}, about {detector.acceptance:.1%} of real photos like the training ones are",
+            "accepted; a lower cut accepts more of them and lets more photos of other things through.",
+            "unknown.json holds the cut (`known_below`) and the temperature.",
+        ]
+    lines += ["", "## Load it", "```python"]
+    two = detector is not None
     if fmt == "keras":
-        lines += ["import keras", f'model = keras.models.load_model("{model_file}", compile=False)']
-        lines += ["probs = model.predict(pixels)  # pixels: float32 [N, H, W, 3], 0-255"]
+        lines += [
+            "import keras",
+            *(["import lib.models.layers  # the studio's layers (KnownScore, Temperature)"] if two else []),
+            f'model = keras.models.load_model("{model_file}", compile=False)',
+            ("probs, known = model.predict(pixels)" if two else "probs = model.predict(pixels)")
+            + "  # pixels: float32 [N, H, W, 3], 0-255",
+        ]
     elif fmt == "savedmodel":
         lines += ["import tensorflow as tf", f'model = tf.saved_model.load("{model_file}")']
-        lines += ["probs = model.serve(pixels)  # pixels: float32 [N, H, W, 3], 0-255"]
+        lines += [
+            ("probs, known = model.serve(pixels)" if two else "probs = model.serve(pixels)")
+            + "  # pixels: float32 [N, H, W, 3], 0-255"
+        ]
+    elif two:
+        lines += [
+            "from ai_edge_litert.interpreter import Interpreter",
+            f'interpreter = Interpreter(model_path="{model_file}")',
+            "interpreter.allocate_tensors()",
+            "inp = interpreter.get_input_details()[0]",
+            "outs = interpreter.get_output_details()",
+            'probs_out = next(o for o in outs if o["shape"][-1] > 1)  # the known score has shape [1, 1]',
+            'known_out = next(o for o in outs if o["shape"][-1] == 1)',
+            f'interpreter.set_tensor(inp["index"], pixels)  # float32 [1, {s}, {s}, 3], 0-255',
+            "interpreter.invoke()",
+            'probs = interpreter.get_tensor(probs_out["index"])[0]',
+            'known = float(interpreter.get_tensor(known_out["index"])[0][0])',
+        ]
     else:
         lines += [
             "from ai_edge_litert.interpreter import Interpreter",
@@ -386,14 +437,41 @@ def _write_zip(target: Path, root: Path, folder_name: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _make_keras(model: LoadedModel, out: Path, work: Path, images: np.ndarray) -> tuple[str, np.ndarray, str]:
+def _export_model(model: LoadedModel) -> Any:
+    """What is exported: the run's classifier, with the known score and the temperature inside when
+    the run has an unknown-photo detector (two outputs: probabilities, known)."""
+    detector = model.detector
+    if detector is None:
+        return model.keras_model
+    return build.with_known_score(model.keras_model, detector)
+
+
+Made = tuple[str, np.ndarray, "np.ndarray | None", str]  # file, probabilities, known scores, note
+
+
+def _outputs(out: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        probs, known = (np.asarray(o) for o in out[:2])
+        if probs.shape[-1] == 1:
+            probs, known = known, probs
+        return probs, known[:, 0]
+    return np.asarray(out), None
+
+
+def _make_keras(model: LoadedModel, out: Path, work: Path, images: np.ndarray) -> Made:
     import keras
 
     import lib.models.layers  # noqa: F401 - registers the studio's custom layers (imports Keras: kept lazy)
 
-    shutil.copyfile(model.run.model_path, out / "model.keras")
+    exported = _export_model(model)
+    if exported is model.keras_model:
+        shutil.copyfile(model.run.model_path, out / "model.keras")
+    else:
+        exported.save(out / "model.keras")
     loaded = keras.models.load_model(out / "model.keras", compile=False)
-    probs = np.asarray(loaded.predict_on_batch(images.astype(np.float32)))
+    probs, known = _outputs(loaded.predict_on_batch(images.astype(np.float32)))
     custom = _custom_layers(loaded)
     extra = ""
     if custom:
@@ -401,32 +479,27 @@ def _make_keras(model: LoadedModel, out: Path, work: Path, images: np.ndarray) -
             f"This model uses custom layers ({', '.join(custom)}) from the studio's lib/models/layers.py: "
             "import that module before loading, or use the SavedModel or TFLite export."
         )
-    return "model.keras", probs, extra
+    return "model.keras", probs, known, extra
 
 
-def _make_savedmodel(
-    model: LoadedModel, out: Path, work: Path, images: np.ndarray
-) -> tuple[str, np.ndarray, str]:
+def _make_savedmodel(model: LoadedModel, out: Path, work: Path, images: np.ndarray) -> Made:
     import tensorflow as tf
 
     target = out / "saved_model"
-    model.keras_model.export(str(target), format="tf_saved_model", verbose=False)
+    _export_model(model).export(str(target), format="tf_saved_model", verbose=False)
     loaded = tf.saved_model.load(str(target))
-    probs = np.asarray(loaded.serve(tf.constant(images.astype(np.float32))))
-    return "saved_model", probs, ""
+    probs, known = _outputs(loaded.serve(tf.constant(images.astype(np.float32))))
+    return "saved_model", probs, known, ""
 
 
-def _make_tflite(
-    model: LoadedModel, out: Path, work: Path, images: np.ndarray
-) -> tuple[str, np.ndarray, str]:
-    data, note = tflite_bytes(model.keras_model, model.size, workdir=work)
+def _make_tflite(model: LoadedModel, out: Path, work: Path, images: np.ndarray) -> Made:
+    data, note = tflite_bytes(_export_model(model), model.size, workdir=work)
     (out / "model.tflite").write_bytes(data)
-    return "model.tflite", tflite_predict(out / "model.tflite", images), note
+    probs, known = tflite_outputs(out / "model.tflite", images)
+    return "model.tflite", probs, known, note
 
 
-def _make_tflite_int8(
-    model: LoadedModel, out: Path, work: Path, images: np.ndarray
-) -> tuple[str, np.ndarray, str]:
+def _make_tflite_int8(model: LoadedModel, out: Path, work: Path, images: np.ndarray) -> Made:
     try:
         representative, _ = sample_images(
             model.run.data_dir, ("train", "validation"), REPRESENTATIVE_IMAGES, model.size
@@ -435,17 +508,37 @@ def _make_tflite_int8(
         raise ExportError(
             f"{exc} An int8 model must be calibrated on the training images: export TFLite float32 instead."
         ) from exc
-    data, note = tflite_bytes(model.keras_model, model.size, representative=representative, workdir=work)
+    data, note = tflite_bytes(_export_model(model), model.size, representative=representative, workdir=work)
     (out / "model_int8.tflite").write_bytes(data)
-    return "model_int8.tflite", tflite_predict(out / "model_int8.tflite", images), note
+    probs, known = tflite_outputs(out / "model_int8.tflite", images)
+    return "model_int8.tflite", probs, known, note
 
 
-_MAKERS: dict[str, Callable[[LoadedModel, Path, Path, np.ndarray], tuple[str, np.ndarray, str]]] = {
+_MAKERS: dict[str, Callable[[LoadedModel, Path, Path, np.ndarray], Made]] = {
     "keras": _make_keras,
     "savedmodel": _make_savedmodel,
     "tflite": _make_tflite,
     "tflite_int8": _make_tflite_int8,
 }
+
+
+def known_parity(
+    reference: np.ndarray, exported: np.ndarray | None, acceptance: float, *, must_agree: bool
+) -> dict[str, Any]:
+    """How the export's known scores match the app's: the largest difference, and whether each
+    image gets the same known/unknown decision at the acceptance level."""
+    if exported is None or np.shape(exported) != np.shape(reference):
+        raise ExportError("The exported model does not give the known score the app computes.")
+    cut = 1.0 - acceptance
+    same = (np.asarray(reference) >= cut) == (np.asarray(exported) >= cut)
+    result = {
+        "known_max_abs_diff": float(np.abs(np.asarray(reference) - np.asarray(exported)).max())
+        if len(same)
+        else 0.0,
+        "known_agreed": int(same.sum()),
+        "known_ok": bool(same.all()) if must_agree else True,
+    }
+    return result
 
 
 def export_run(
@@ -465,28 +558,50 @@ def export_run(
     model = loader.load(run)
     dest = export_dir(run.path)
     images, source = _parity_images(run, parity_images)
-    reference = model.predict(images.astype(np.float32))
+    detector = model.detector
+    reference, unknown_scores = model.judge(images.astype(np.float32))
+    reference_known = None if unknown_scores is None else 1.0 - unknown_scores
     folder_name = _zip_name(run.id, fmt)[: -len(".zip")]
     with tempfile.TemporaryDirectory(dir=dest, prefix=f"{files.TEMP_PREFIX}export-") as tmp:
         work = Path(tmp)
         out = work / folder_name
         out.mkdir()
         try:
-            model_file, probs, note = _MAKERS[fmt](model, out, work, images)
+            model_file, probs, known, note = _MAKERS[fmt](model, out, work, images)
         except UserError:
             raise
         except Exception as exc:
             raise ExportError(f"The {FORMATS[fmt]} export failed ({type(exc).__name__}: {exc}).") from exc
         check = parity(reference, probs, source=source, must_agree=fmt in FLOAT_FORMATS)
+        if reference_known is not None and detector is not None:
+            check.update(
+                known_parity(reference_known, known, detector.acceptance, must_agree=fmt in FLOAT_FORMATS)
+            )
+            check["ok"] = check["ok"] and check["known_ok"]
         if note:
             check["note"] = f"{note} {check.get('note', '')}".strip()
         if not check["ok"]:
             raise ExportError(
                 f"The {FORMATS[fmt]} export does not predict like the app: its top answer matched on "
-                f"{check['agreed']} of {check['images']} images, so it is not offered."
+                f"{check['agreed']} of {check['images']} images"
+                + (
+                    f" and its known/unknown decision on {check['known_agreed']}"
+                    if "known_agreed" in check
+                    else ""
+                )
+                + ", so it is not offered."
             )
         (out / "labels.txt").write_text("\n".join(run.classes) + "\n", encoding="utf-8")
         (out / "README.md").write_text(_readme(fmt, model, model_file, check, note), encoding="utf-8")
+        if detector is not None:
+            files.write_json(
+                out / "unknown.json",
+                {
+                    "acceptance": detector.acceptance,
+                    "known_below": round(1.0 - detector.acceptance, 6),
+                    "temperature": detector.temperature,
+                },
+            )
         target = dest / _zip_name(run.id, fmt)
         _write_zip(target, out, folder_name)
     files.write_json(

@@ -23,6 +23,7 @@ from lib import settings
 from lib.data import images
 from lib.data.feeder import Feeder
 from lib.errors import ImageError, UserError
+from lib.models import unknown
 from lib.serve.inputs import Input, Quota, Source, expand
 from lib.text import csv_safe, readable_labels
 
@@ -30,6 +31,7 @@ BATCH_SIZE = 32
 DEFAULT_TOP_K = 3
 DEFAULT_UNSURE_THRESHOLD = 0.6
 DEFAULT_MARGIN = 0.1
+DEFAULT_ACCEPTANCE = unknown.DEFAULT_ACCEPTANCE
 
 
 class Model(Protocol):
@@ -39,6 +41,10 @@ class Model(Protocol):
     size: int
 
     def predict(self, pixels: np.ndarray) -> np.ndarray: ...
+
+
+# A Model may also have judge(pixels) -> (calibrated probabilities, unknown scores or None), as
+# LoadedModel does: then photos unlike anything it knows get the third verdict.
 
 
 # ----------------------------------------------------------------------------------------------
@@ -51,6 +57,40 @@ def knows_line(classes: Sequence[str]) -> str:
     labels = list(readable_labels(classes).values())
     kinds = "kind" if len(labels) == 1 else "kinds"
     return f"This model knows {len(labels)} {kinds}: {', '.join(labels)}"
+
+
+def other_photos_line(detector: unknown.Detector | None) -> str:
+    """What happens to a photo of something else, after knows_line (and whether the percentages
+    are calibrated: a run with too few validation images keeps the model's own)."""
+    if detector is not None:
+        percentages = (
+            "the percentages are calibrated (80% sure is right about 80% of the time)."
+            if "temperature_note" not in detector.info
+            else "the percentages are the model's own (too few validation photos to calibrate them)."
+        )
+        return (
+            'A photo of something else gets "This doesn\'t look like any of these", with the closest kind '
+            f"as a hint; {percentages}"
+        )
+    return (
+        "It can only answer with one of these, so a photo of something else will still get one of these "
+        "names (this run was trained before the studio could tell; train it again to get that)."
+    )
+
+
+def unusual_text(unknown_score: float) -> str:
+    """How unusual a refused photo is, in words, for under its verdict."""
+    share = min(float(unknown_score), 0.999)
+    return f"Stranger than {share:.1%} of the real photos the model was checked on.".replace(".0%", "%")
+
+
+def acceptance_text(level: float) -> str:
+    """How an acceptance level reads in the Options ("99%: 1 in 100 real photos refused")."""
+    refused = 1.0 - float(level)
+    one_in = round(1.0 / refused) if refused > 0 else 0
+    return f"{level:.1%}".replace(".0%", "%") + (
+        f" (about 1 in {one_in:,} real photos refused)" if one_in else ""
+    )
 
 
 def percent(p: float) -> int:
@@ -80,6 +120,26 @@ def verdict_text(
     return f"{first} — {percent(top)}% sure", False
 
 
+def unknown_text(probabilities: Sequence[float], classes: Sequence[str]) -> str:
+    """The third verdict: the photo looks like none of the classes; the closest one as a hint."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    words = readable_labels(classes)
+    labels = list(words.values())
+    kinds = "kind" if len(labels) == 1 else "kinds"
+    closest = words[str(classes[int(np.argmax(probs))])]
+    return (
+        f"This doesn't look like any of the {len(labels)} {kinds} this model knows ({', '.join(labels)}). "
+        f"Closest: {closest}"
+    )
+
+
+def is_known(unknown_score: float | None, acceptance: float = DEFAULT_ACCEPTANCE) -> bool | None:
+    """Whether a photo is accepted as one of the known kinds (None: the run has no detector)."""
+    if unknown_score is None:
+        return None
+    return bool(float(unknown_score) <= float(acceptance))
+
+
 # ----------------------------------------------------------------------------------------------
 # Results
 # ----------------------------------------------------------------------------------------------
@@ -99,6 +159,8 @@ class PredictionResult:
     top_k: list[tuple[str, float]] = field(default_factory=list)  # (class name, probability)
     unsure: bool = False
     verdict: str = ""
+    known: bool | None = None  # False: looks like none of the classes; None: the run has no detector
+    unknown_score: float | None = None  # 0..1; above the acceptance level (e.g. 0.99) it is unknown
     skipped: bool = False
     image: np.ndarray | None = field(default=None, repr=False, compare=False)  # SxS RGB fed to the model
     digest: str | None = None  # sha256 of the photo's bytes (uploads), for caches keyed by content
@@ -113,6 +175,8 @@ class PredictionResult:
             "label": self.label,
             "confidence": self.confidence,
             "unsure": self.unsure,
+            "known": self.known,
+            "unknown_score": self.unknown_score,
             "probabilities": self.probabilities,
             "top_k": [{"class": c, "probability": p} for c, p in self.top_k],
             "error": self.error,
@@ -133,8 +197,11 @@ def make_result(
     unsure_threshold: float = DEFAULT_UNSURE_THRESHOLD,
     margin: float = DEFAULT_MARGIN,
     image: np.ndarray | None = None,
+    unknown_score: float | None = None,
+    acceptance: float = DEFAULT_ACCEPTANCE,
 ) -> PredictionResult:
-    """A result from one row of probabilities (in the run's class order)."""
+    """A result from one row of probabilities (in the run's class order); with an unknown score
+    above the acceptance level the verdict says the photo looks like none of the classes."""
     p = np.asarray(probs, dtype=np.float64)
     if p.shape != (len(classes),):
         raise UserError(
@@ -144,6 +211,9 @@ def make_result(
     order = np.argsort(-p, kind="stable")
     best = str(classes[order[0]])
     verdict, unsure = verdict_text(p, classes, unsure_threshold=unsure_threshold, margin=margin)
+    known = is_known(unknown_score, acceptance)
+    if known is False:
+        verdict, unsure = unknown_text(p, classes), True
     k = max(1, min(int(top_k), len(classes)))
     return PredictionResult(
         name=name,
@@ -155,6 +225,8 @@ def make_result(
         top_k=[(str(classes[i]), float(p[i])) for i in order[:k]],
         unsure=unsure,
         verdict=verdict,
+        known=known,
+        unknown_score=None if unknown_score is None else round(float(unknown_score), 4),
         image=image,
     )
 
@@ -163,7 +235,7 @@ def results_frame(results: Sequence[PredictionResult], classes: Sequence[str]) -
     """A table: file, verdict, predicted, confidence, unsure, one probability column per class, error."""
     import pandas as pd
 
-    fixed = ["file", "verdict", "predicted", "confidence", "unsure"]
+    fixed = ["file", "verdict", "predicted", "confidence", "unsure", "known", "unknown_score"]
     columns: dict[str, str] = {}
     for c in classes:
         col = readable_labels(classes)[str(c)]
@@ -178,6 +250,8 @@ def results_frame(results: Sequence[PredictionResult], classes: Sequence[str]) -
             "predicted": r.predicted or "",
             "confidence": round(r.confidence, 4) if r.confidence is not None else None,
             "unsure": bool(r.unsure) if r.ok else None,
+            "known": r.known if r.ok else None,
+            "unknown_score": r.unknown_score if r.ok else None,
         }
         for c, col in columns.items():
             v = r.probabilities.get(c)
@@ -228,24 +302,26 @@ def batch_limits() -> Limits:
 
 
 class _Seen:
-    """Probabilities and pixels of photos already judged, by (model, content hash): moving the
-    threshold slider or opening an expander never runs the model on the same photo again."""
+    """Probabilities, pixels and unknown scores of photos already judged, by (model, content
+    hash): moving a slider or opening an expander never runs the model on the same photo again."""
 
     def __init__(self, entries: int = 512):
         self.entries = entries
-        self._items: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._items: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, float | None]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+    def get(self, key: tuple) -> tuple[np.ndarray, np.ndarray, float | None] | None:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
         return None
 
-    def put(self, key: tuple, probs: np.ndarray, pixels: np.ndarray) -> None:
+    def put(
+        self, key: tuple, probs: np.ndarray, pixels: np.ndarray, unknown_score: float | None = None
+    ) -> None:
         with self._lock:
-            self._items[key] = (np.asarray(probs, dtype=np.float32), pixels)
+            self._items[key] = (np.asarray(probs, dtype=np.float32), pixels, unknown_score)
             while len(self._items) > self.entries:
                 self._items.popitem(last=False)
 
@@ -298,12 +374,14 @@ def predict_images(
     margin: float = DEFAULT_MARGIN,
     keep_images: bool = True,
     limits: Limits | None = None,
+    acceptance: float = DEFAULT_ACCEPTANCE,
 ) -> list[PredictionResult]:
     """One result per photo (zips and folders expand into their files), in input order; bad files
     don't stop the batch. `items` are (display name, bytes or path). With keep_images, each result
     carries the S x S pixels the model saw (small: never the original). At most `limits` photos,
     megabytes and megapixels per batch (settings by default); a photo seen before by this model is
-    not judged again."""
+    not judged again. Percentages are the calibrated ones; with a detector, a photo whose unknown
+    score is above `acceptance` gets the "looks like none of these" verdict."""
     limits = limits or batch_limits()
     classes = list(model.classes)
     model_key = getattr(model, "key", None)
@@ -312,7 +390,16 @@ def predict_images(
     pixels_left = [limits.megapixels * 1_000_000]
     results: list[PredictionResult] = []
 
-    def judged(item: Input, probs: np.ndarray, pixels: np.ndarray, digest: str | None) -> PredictionResult:
+    judge = getattr(model, "judge", None)
+
+    def run_model(pixels: np.ndarray) -> tuple[np.ndarray, Any]:
+        if judge is not None:
+            return judge(pixels)
+        return model.predict(pixels), None
+
+    def judged(
+        item: Input, probs: np.ndarray, pixels: np.ndarray, digest: str | None, score: float | None
+    ) -> PredictionResult:
         result = make_result(
             item.name,
             probs,
@@ -321,6 +408,8 @@ def predict_images(
             unsure_threshold=unsure_threshold,
             margin=margin,
             image=pixels if keep_images else None,
+            unknown_score=score,
+            acceptance=acceptance,
         )
         result.digest = digest
         return result
@@ -336,22 +425,30 @@ def predict_images(
             todo = []
             for p in pending:
                 if p.result is None and (hit := SEEN.get((model_key, p.digest)) if model_key else None):
-                    p.result = judged(p.item, hit[0], hit[1], p.digest)
+                    p.result = judged(p.item, hit[0], hit[1], p.digest, hit[2])
                 elif p.result is None:
                     todo.append(p)
             batch = feeder.decode_many(
                 [p.item.source for p in todo], range(len(todo)), pool, [p.item.name for p in todo]
             )
             decoded = [k for k in range(len(todo)) if k not in batch.errors]
-            probs = dict(zip(decoded, model.predict(batch.pixels[decoded]), strict=True)) if decoded else {}
+            probs: dict[int, np.ndarray] = {}
+            scores: dict[int, float | None] = {}
+            if decoded:
+                out, unknown_scores = run_model(batch.pixels[decoded])
+                probs = dict(zip(decoded, out, strict=True))
+                scores = {
+                    k: None if unknown_scores is None else float(unknown_scores[j])
+                    for j, k in enumerate(decoded)
+                }
             for k, p in enumerate(todo):
                 if k in batch.errors:
                     p.result = _error(p.item.name, batch.errors[k].reason)
                     continue
                 pixels = batch.pixels[k].copy()
                 if model_key is not None and p.digest is not None:
-                    SEEN.put((model_key, p.digest), probs[k], pixels)
-                p.result = judged(p.item, probs[k], pixels, p.digest)
+                    SEEN.put((model_key, p.digest), probs[k], pixels, scores[k])
+                p.result = judged(p.item, probs[k], pixels, p.digest, scores[k])
             results.extend(p.result for p in pending if p.result is not None)
     return results
 

@@ -31,7 +31,7 @@ from lib.data.images import decode
 from lib.data.scan import load_scan
 from lib.errors import UserError
 from lib.models import build, engine, loader
-from lib.train import estimate, features
+from lib.train import detect, estimate, features
 from lib.train.config import TrainConfig
 from lib.train.finetune import fine_tune as fine_tune_base
 from lib.train.fit import evaluate_images, fit_images
@@ -61,6 +61,8 @@ class Fitted:
     val: dict[str, float] | None = None
     test: dict[str, float] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    head: Any = None  # the head trained on cached features (while those still describe the base)
+    features: features.Features | None = None
 
 
 def train(
@@ -226,6 +228,8 @@ def fit_on_features(
             "stopped": result.stopped,
             "first_phase_seconds": round(time.perf_counter() - start, 2),
         },
+        head=result.head,
+        features=cached,
     )
 
 
@@ -280,9 +284,14 @@ def finish(
     val = fitted.val or evaluate_images(fitted.model, config, data, "validation")
     test = fitted.test or evaluate_images(fitted.model, config, data, "test")
     _save_model(fitted.model, session.run_dir)
+    detector_start = time.perf_counter()
+    unknown_metrics = detect.fit_detector(
+        config, data, fitted.model, session, head=fitted.head, cached=fitted.features
+    )
+    unknown_metrics["seconds"] = round(time.perf_counter() - detector_start, 2)
     lite = _save_lite(fitted.model, config, data, base, session)
     with contextlib.suppress(OSError, UserError, ValueError):  # for the Evaluate page, without TensorFlow
-        run = runs.read_run(session.run_dir)
+        run = runs.read_run(session.run_dir)  # after unknown.npz: the summary is keyed by both files
         loader.save_summary(run, loader.LoadedModel(run, fitted.model).summary())
     metrics = {
         "time_limited": session.timed_out,
@@ -299,6 +308,7 @@ def finish(
         "epochs_run": len(session.history),
         "train_seconds": session.seconds(),
         "counts": data.counts(),
+        "unknown": unknown_metrics,
     }
     files.write_json(session.run_dir / RUN_FILES["metrics"], metrics)
     with contextlib.suppress(OSError):

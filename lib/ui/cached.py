@@ -23,7 +23,7 @@ from lib.data.scan import Scan
 from lib.data.scan import scan as scan_folder
 from lib.errors import UserError
 from lib.evaluate import predictions as preds
-from lib.models import loader
+from lib.models import loader, unknown
 from lib.runs import Run
 from lib.serve import gradcam
 from lib.text import readable_labels
@@ -84,6 +84,20 @@ def heat_map(model: loader.LoadedModel, result: Any) -> np.ndarray:
     if result.digest is None:
         return gradcam.overlay(result.image, gradcam.gradcam(model, result.image, index))
     return _heat_map(model.key, result.digest, index, model, result.image)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _detector(path: str, mtime_ns: int) -> unknown.Detector | None:
+    return unknown.load(path)
+
+
+def detector(run: Run) -> unknown.Detector | None:
+    """The run's unknown-photo detector and temperature, without loading its model (None: none)."""
+    try:
+        mtime = run.unknown_path.stat().st_mtime_ns
+    except OSError:
+        return None
+    return _detector(str(run.unknown_path), mtime)
 
 
 def model(run: Run) -> loader.LoadedModel:

@@ -248,3 +248,43 @@ def probability_bars(probs: dict[str, float], top: int = 5) -> go.Figure:
         showlegend=False,
     )
     return fig
+
+
+def reliability_diagram(before: list[dict], after: list[dict] | None) -> go.Figure:
+    """Accuracy against confidence per bin, before and (unless None: no temperature) after the
+    temperature; the diagonal is honest."""
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line=dict(color="#9e9e9e", dash="dot"),
+            name="honest",
+            hoverinfo="skip",
+        )
+    )
+    lines = [(before, "the model's own", "#ef6c00")] + (
+        [(after, "calibrated", "#1565c0")] if after is not None else []
+    )
+    for rows, name, colour in lines:
+        fig.add_trace(
+            go.Scatter(
+                x=[r["confidence"] for r in rows],
+                y=[r["accuracy"] for r in rows],
+                mode="lines+markers",
+                name=name,
+                line=dict(color=colour),
+                marker=dict(size=[6 + min(14, r["count"] ** 0.5 * 2) for r in rows]),
+                customdata=[r["count"] for r in rows],
+                hovertemplate="said %{x:.0%} sure, right %{y:.0%} of the time (%{customdata} images)<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        height=340,
+        margin=dict(l=0, r=0, t=10, b=0),
+        xaxis=dict(title="how sure it said it was", range=[0, 1], tickformat=".0%"),
+        yaxis=dict(title="how often it was right", range=[0, 1.02], tickformat=".0%"),
+        legend=dict(orientation="h", y=-0.25),
+    )
+    return fig

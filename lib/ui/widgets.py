@@ -15,11 +15,30 @@ from lib.data.scan import Scan
 from lib.errors import UserError
 from lib.evaluate.metrics import prob_column
 from lib.evaluate.predictions import file_names
+from lib.models import unknown
 from lib.runs import Run
+from lib.serve.predict import acceptance_text
 from lib.text import md_escape, readable_labels
 from lib.train import jobs
 from lib.ui import cached, charts, state
 from lib.vocab import DONE_STATES
+
+
+def acceptance_slider(container: Any, detector: unknown.Detector, key: str) -> float:
+    """The acceptance level of the unknown-photo verdict (Predict's Options, Evaluate's check)."""
+    return container.select_slider(
+        "Accept as a known kind",
+        options=list(unknown.ACCEPTANCE_CHOICES),
+        value=detector.acceptance
+        if detector.acceptance in unknown.ACCEPTANCE_CHOICES
+        else unknown.DEFAULT_ACCEPTANCE,
+        format_func=acceptance_text,
+        key=key,
+        help=(
+            "The share of real photos (like the training ones) the model accepts. Higher: fewer real "
+            "photos refused, but more photos of other things slip through with a name."
+        ),
+    )
 
 
 def error(problem: BaseException | str) -> None:

@@ -230,10 +230,11 @@ def test_results_table_and_csv():
     bad = pr.PredictionResult(name="notes.txt", ok=False, error="This is not an image file.")
     df = pr.results_frame([ok, bad], CLASSES)
     assert list(df.columns) == [
-        "file", "verdict", "predicted", "confidence", "unsure",
+        "file", "verdict", "predicted", "confidence", "unsure", "known", "unknown_score",
         "Angular leaf spot", "Bean rust", "Healthy", "error",
     ]  # fmt: skip
     assert df.loc[0, "verdict"] == "Healthy — 80% sure" and df.loc[0, "Healthy"] == pytest.approx(0.8)
+    assert df.loc[0, "known"] is None  # a model without the unknown-photo detector
     assert df.loc[1, "error"] == "This is not an image file." and np.isnan(df.loc[1, "Healthy"])
     text = pr.results_csv([ok, bad], CLASSES).decode("utf-8-sig")
     first = text.splitlines()[1]
@@ -250,6 +251,23 @@ def test_results_csv_neutralizes_formulas_in_cells_and_headers():
     assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))], rows
     assert '\'=HYPERLINK("http://e.invalid","x")' in rows[0] and "'+cmd" in rows[0]
     assert rows[1][0].startswith("'+cmd|") and rows[2][0] == "'@evil.png"
+
+
+def test_an_unknown_score_above_the_acceptance_gives_the_third_verdict():
+    known = pr.make_result("leaf.jpg", [0.1, 0.1, 0.8], CLASSES, unknown_score=0.5, acceptance=0.99)
+    assert known.known is True and known.verdict == "Healthy — 80% sure" and not known.unsure
+    strange = pr.make_result("cat.jpg", [0.1, 0.1, 0.8], CLASSES, unknown_score=0.995, acceptance=0.99)
+    assert strange.known is False and strange.unsure
+    assert strange.verdict == (
+        "This doesn't look like any of the 3 kinds this model knows "
+        "(Angular leaf spot, Bean rust, Healthy). Closest: Healthy"
+    )
+    assert strange.predicted == "healthy"  # the closest kind stays a hint in the table
+    # Moving the acceptance level changes the verdict of the same score.
+    assert pr.make_result("cat.jpg", [0.1, 0.1, 0.8], CLASSES, unknown_score=0.995, acceptance=0.999).known
+    df = pr.results_frame([known, strange], CLASSES)
+    assert df["known"].tolist() == [True, False] and df["unknown_score"].tolist() == [0.5, 0.995]
+    assert json.loads(json.dumps(strange.to_dict()))["known"] is False
 
 
 def test_to_dict_is_json_ready():

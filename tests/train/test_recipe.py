@@ -71,6 +71,8 @@ def test_training_on_a_separable_set_reaches_high_accuracy(first_run):
     assert metrics["classes"] == ["blue", "green", "red"]
     assert 1 <= metrics["epochs_run"] <= 30
     assert metrics["assembly_max_difference"] < 0.01
+    assert metrics["unknown"]["images"] == sum(metrics["counts"][s] for s in ("train", "validation"))
+    assert metrics["unknown"]["test_refused"] <= 0.1
 
 
 def test_the_run_folder_holds_everything(first_run, tiny_dataset):
@@ -190,6 +192,7 @@ def test_fine_tuning_runs_and_keeps_the_better_weights(tiny_dataset, tmp_path):
     assert metrics["fine_tuning"].startswith(("fine-tuned", "kept pre-fine-tuning weights"))
     history = runs.read_history(tmp_path / "ft")
     assert history["phase"].tolist()[-1] == "fine-tune"
+    assert (tmp_path / "ft" / "unknown.npz").is_file()  # fitted on the fine-tuned base's features
     assert metrics["val_accuracy"] >= 0.9
     model = loader.load(tmp_path / "ft").keras_model
     # BatchNorm statistics are unchanged by fine-tuning (inference mode), so the base still
@@ -211,6 +214,9 @@ def test_from_scratch_small_cnn_trains_on_the_plain_path(tiny_dataset, tmp_path)
     assert "train" in recorder.phases() and "features" not in recorder.phases()
     assert metrics["feature_cache"] == "off" and metrics["epochs_run"] == 2
     assert runs.read_run(tmp_path / "cnn").config["weights"] == "none"
+    # The plain path computes the features for the unknown-photo detector from the finished model.
+    detector = loader.load(tmp_path / "cnn").detector
+    assert detector is not None and detector.dimensions == 256 and metrics["unknown"]["images"] > 0
 
 
 def test_cancel_stops_without_saving_a_model(first_run, tiny_dataset, tmp_path, cache_dir):

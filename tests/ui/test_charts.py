@@ -69,3 +69,14 @@ def test_colliding_labels_stay_apart_in_charts():
     assert len(set(matrix.layout.xaxis.categoryarray)) == 4
     bars = charts.probability_bars({"cats": 0.6, "Cats": 0.4})
     assert sorted(bars.data[0].y) == ["Cats (Cats)", "Cats (cats)"]
+
+
+def test_reliability_diagram_draws_before_and_after_or_only_before():
+    rows = [
+        {"confidence": 0.55, "accuracy": 0.5, "count": 4},
+        {"confidence": 0.95, "accuracy": 0.8, "count": 9},
+    ]
+    both = charts.reliability_diagram(rows, rows)
+    assert [t.name for t in both.data] == ["honest", "the model's own", "calibrated"]
+    assert list(both.data[1].x) == [0.55, 0.95] and list(both.data[1].y) == [0.5, 0.8]
+    assert [t.name for t in charts.reliability_diagram(rows, None).data] == ["honest", "the model's own"]

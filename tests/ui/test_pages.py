@@ -113,7 +113,7 @@ def test_train_page_with_the_sample_shows_an_estimate_and_the_runs(sample_run, t
 def test_evaluate_page_for_a_finished_run(sample_run, tmp_path):
     _with_run(sample_run, tmp_path)
     at = _run("pages/3_Evaluate.py")
-    assert [m.label for m in at.metric] == ["Images", "Correct", "Incorrect", "Accuracy"]
+    assert [m.label for m in at.metric][:4] == ["Images", "Correct", "Incorrect", "Accuracy"]
     assert at.metric[0].value == "45"  # the sample's test split
     table = at.dataframe[1].value  # [0] per-class, [1] predictions
     assert len(table) == 45 and {"file", "actual", "predicted", "confidence"} <= set(table.columns)
@@ -270,3 +270,51 @@ def test_classes_whose_labels_collide_are_shown_distinctly(tmp_path, make_image)
     assert any(h.startswith("**Bean rust (bean_rust)**") for h in headings), headings
     assert any(h.startswith("**Bean rust (bean-rust)**") for h in headings), headings
     assert any(h.startswith("**Healthy**") for h in headings)
+
+
+def test_predict_page_offers_the_acceptance_level_and_says_what_other_photos_get(sample_run, tmp_path):
+    _with_run(sample_run, tmp_path)
+    at = _run("pages/4_Predict.py")
+    assert "doesn't look like any of these" in _text(at)
+    assert "too few validation photos to calibrate them" in _text(at)  # the sample: 31 validation images
+    slider = at.select_slider(key="p_accept")
+    assert slider.value == 0.99 and "95% (about 1 in 20 real photos refused)" in slider.options
+    slider.set_value(0.95).run()
+    assert not at.exception and at.select_slider(key="p_accept").value == 0.95
+
+
+def test_predict_page_of_a_run_without_the_detector_keeps_the_old_sentence(sample_run, tmp_path):
+    run = _with_run(sample_run, tmp_path)
+    (run / "unknown.npz").unlink()
+    at = _run("pages/4_Predict.py")
+    assert "will still get one of these names" in _text(at)
+    assert not [s for s in at.select_slider if s.key == "p_accept"]
+
+
+def test_evaluate_page_shows_calibration_and_checks_other_photos(sample_run, tmp_path):
+    _with_run(sample_run, tmp_path)
+    at = _run("pages/3_Evaluate.py")
+    labels = [m.label for m in at.metric]
+    assert "Calibration error, the model's own" in labels and "Temperature" in labels
+    assert "Calibration error: the average gap" in _text(at)
+    assert any(
+        getattr(c, "key", None) == "reliability" or "reliability" in str(c.proto.id)
+        for c in at.get("plotly_chart")
+    )
+    at.button(key="other_check").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    values = {m.label: m.value for m in at.metric}
+    assert values["Other photos caught"] == "24 of 24"
+    refused, total = values["Real test images wrongly refused"].split(" of ")
+    assert total == "45" and int(refused) <= 4
+    assert float(values["Separation (AUROC)"]) >= 0.98
+    assert "Caught 24 of 24 other photos" in _text(at)
+    assert len(at.dataframe[-1].value) == 24
+
+
+def test_evaluate_page_of_a_run_without_the_detector_says_to_train_again(sample_run, tmp_path):
+    run = _with_run(sample_run, tmp_path)
+    (run / "unknown.npz").unlink()
+    at = _run("pages/3_Evaluate.py")
+    assert "trained before the studio could recognise photos of other things" in _text(at)
+    assert not [b for b in at.button if b.key == "other_check"]
