@@ -6,6 +6,7 @@
     train/     the config, features, the head, fine-tuning, the recipe, estimates, background jobs
     evaluate/  metrics, stored predictions, comparing runs, the report
     serve/     inputs, plain-words predictions, Grad-CAM, export
+    doctor/    the data doctor: suspect labels (cleanlab), near-duplicates, outliers, the 2-D map
     ui/        the only Streamlit importer: frame, state, cached loaders, forms, widgets, charts
 
 and a few small shared modules: errors, settings, text, vocab (every fixed name), files (the one

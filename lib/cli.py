@@ -1,5 +1,5 @@
-"""`python -m lib ...`: the shell interface, mirroring the app (scan, train, evaluate, predict, runs,
-cache).
+"""`python -m lib ...`: the shell interface, mirroring the app (scan, doctor, train, evaluate,
+predict, runs, cache).
 
 `train`'s flags are generated from TrainConfig's fields (names, help, defaults), so the CLI, the
 Train page and config.json can never drift apart; `--config RUN/config.json` reproduces a run and
@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from lib import runs, settings, storage
+from lib.data import curation
 from lib.data.layouts import check_folder
-from lib.data.scan import health_report, scan
+from lib.data.scan import health_report, load_scan, scan
+from lib.doctor.examine import examine
 from lib.errors import UserError
 from lib.evaluate.other_photos import check_other_photos
 from lib.evaluate.predictions import data_root, evaluate, normalize_split
@@ -167,6 +169,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list the trained runs (state, accuracy, note)")
     p.add_argument("--runs-dir", default=None, metavar="DIR", help="runs folder (default: models/)")
     p.add_argument("--json", action="store_true", help="print the list as JSON")
+
+    p = sub.add_parser(
+        "doctor", help="find suspect labels, near-duplicates and outliers; apply or undo decisions"
+    )
+    p.add_argument("data", metavar="DIR", help="dataset folder (as for scan)")
+    p.add_argument("--json", action="store_true", help="print the findings as one JSON object")
+    p.add_argument(
+        "--apply",
+        metavar="FILE",
+        help="record decisions from a CSV or JSON file (path, action relabel/exclude/keep, label)",
+    )
+    p.add_argument("--undo", action="store_true", help="take back the last batch of decisions")
+    p.add_argument("--base", default="MobileNetV2", help="base network for the features (MobileNetV2)")
+    p.add_argument("--weights", default="auto", help="auto, imagenet, bundled, none or a file (auto)")
+    p.add_argument("--image-size", type=int, default=None, metavar="PX", help="feature image size")
+    p.add_argument(
+        "--limit", type=int, default=20, metavar="N", help="rows listed per kind in the text output"
+    )
 
     p = sub.add_parser("cache", help="show what the cache folder holds (features, scans, predictions …)")
     p.add_argument(
@@ -513,8 +533,102 @@ def cache_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------
+# doctor
+# ----------------------------------------------------------------------------------------------
+
+
+def _format_doctor(report: dict[str, Any], limit: int) -> str:
+    f = report["features"]
+    lines = [
+        f"Dataset: {report['root']}",
+        f"{report['images']:,} images, {len(report['classes'])} classes; features: {f['base']} "
+        f"({f['weights']} weights, {f['image_size']} px, {f['cache']} in {f['seconds']:.1f} s); "
+        f"{report['seconds']:.1f} s in all",
+        *report["notes"],
+    ]
+
+    def section(title: str, rows: list[dict[str, Any]], fmt) -> None:
+        lines.append(f"\n{title}: {len(rows):,}")
+        for row in rows[:limit]:
+            done = f"  [{row['decision']}]" if row.get("decision") else ""
+            lines.append("  " + fmt(row) + done)
+        if len(rows) > limit:
+            lines.append(f"  ... and {len(rows) - limit:,} more (use --json to list all)")
+
+    section(
+        "Suspect labels (most suspect first)",
+        report["label_issues"],
+        lambda r: f"{r['score']:.3f}  {r['path']}  given {r['given']}, looks like {r['suggested']}",
+    )
+    section(
+        "Near-duplicates",
+        report["near_duplicates"],
+        lambda r: f"{r['similarity']:.3f}  {r['kind']:<18}  {r['a']} = {r['b']}",
+    )
+    section("Outliers (far from every class)", report["outliers"], lambda r: f"{r['score']:.3f}  {r['path']}")
+    return "\n".join(lines)
+
+
+def doctor_command(args: argparse.Namespace) -> int:
+    """Findings as text (last line JSON counts) or one JSON object; --apply / --undo change the
+    decisions kept for the folder (never its files). Exit 0 when it ran, 2 for bad input."""
+    root = check_folder(args.data)
+    if args.apply and args.undo:
+        raise UserError("Use --apply or --undo, not both.")
+    if args.apply or args.undo:
+        raw = load_scan(root, curated=False)
+        if args.undo:
+            changed = curation.undo(raw.root)
+            what = f"Undid the last batch of decisions ({changed} images)." if changed else "Nothing to undo."
+        else:
+            wanted = curation.read_file(args.apply)
+            curation.check(raw.root, wanted, set(raw.usable["relpath"]), raw.classes)
+            changed = curation.decide(raw.root, wanted)
+            what = f"Recorded {changed} new decisions of {len(wanted)} in the file."
+        summary = {
+            "root": str(raw.root),
+            "changed": changed,
+            "decisions": len(curation.decisions(raw.root)),
+            "curation_file": str(curation.location(raw.root)),
+        }
+        if not args.json:
+            print(what)
+            print(f"Kept in {summary['curation_file']} (your files are untouched).")
+        print(json.dumps(summary))
+        return 0
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    bar = ProgressBar(quiet=args.json)
+
+    def progress(done: int, total: int) -> None:
+        bar({"phase": "features", "done": done, "total": total, "epoch": 0, "epochs": 0, "logs": {}})
+
+    try:
+        found = examine(
+            root, base=args.base, weights=args.weights, image_size=args.image_size, progress=progress
+        ).to_json()
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False))
+        return 0
+    print(_format_doctor(found, args.limit))
+    print(
+        json.dumps(
+            {
+                "label_issues": len(found["label_issues"]),
+                "near_duplicates": len(found["near_duplicates"]),
+                "outliers": len(found["outliers"]),
+                "skipped_classes": found["skipped_classes"],
+            }
+        )
+    )
+    return 0
+
+
 COMMANDS = {
     "scan": scan_command,
+    "doctor": doctor_command,
     "train": train_command,
     "evaluate": evaluate_command,
     "predict": predict_command,

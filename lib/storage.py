@@ -25,6 +25,8 @@ CACHE_FOLDERS = {
     "downloads": "downloaded datasets",
     "workspaces": "hosted visitors' workspaces (uploads and runs)",
     "jobs": "the training queue",
+    "doctor": "colour layouts of images for the Data doctor (rebuilt when needed)",
+    "curation": "your Data doctor decisions per dataset (relabel, exclude, keep; never cleared)",
 }
 
 
@@ -52,7 +54,10 @@ def temp_folders(runs_dir: Path | None = None) -> list[tuple[Path, int]]:
     predictions/exports, each cache folder, and every hosted workspace's runs and uploads."""
     cache = settings.cache_dir()
     found = [(Path(runs_dir or settings.runs_dir()), 2), (cache, 0)]
-    found += [(cache / name, 0) for name in ("features", "scans", "uploads", "downloads", "jobs")]
+    found += [
+        (cache / name, 0)
+        for name in ("features", "scans", "uploads", "downloads", "jobs", "curation", "doctor")
+    ]
     found += [(cache / name, 2) for name in ("predictions", "exports", "reports")]
     root = workspace.workspaces_root()
     found.append((root, 0))

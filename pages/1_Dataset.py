@@ -86,6 +86,11 @@ else:
         "(nothing is deleted)."
     )
     st.dataframe(problems_table(scan), hide_index=True, width="stretch")
+st.page_link(
+    "pages/5_Doctor.py",
+    label="Open the Data doctor: mislabelled images, near-copies across splits, outliers",
+    icon="🩺",
+)
 
 st.subheader("Examples")
 per_class = st.slider("Images per class", 2, 12, 6, key="samples_per_class")

@@ -9,6 +9,7 @@ stat walk of the folder, so a second look at the same folder costs milliseconds.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -22,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from lib import files, settings
-from lib.data import images
+from lib.data import curation, images
 from lib.data.layouts import LAYOUTS, Entry, check_folder, dataset_root, scan_key, walk
 from lib.data.splits import assign_splits
 from lib.errors import ImageError, UserError
@@ -44,6 +45,8 @@ PROBLEM_KINDS = (
     "hidden",
     "outside_class",
     "ignored_folder",
+    "excluded",
+    "relabeled",
 )
 
 
@@ -90,6 +93,7 @@ class Scan:
     seconds: float = 0.0
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    curation: str = ""  # fingerprint of the Data doctor decisions applied ("" when none)
 
     @property
     def layout_text(self) -> str:
@@ -256,8 +260,10 @@ def scan(
     test_fraction: float = 0.15,
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
     workers: int | None = None,
+    curated: bool = True,
 ) -> Scan:
-    """Find the layout, read and check every file, flag problems, and assign splits.
+    """Find the layout, read and check every file, flag problems, and assign splits; then apply
+    the Data doctor's decisions about this folder (lib.data.curation) unless curated=False.
 
     Raises UserError when the folder is missing or unreadable or has no usable image in a class folder.
     """
@@ -291,7 +297,7 @@ def scan(
     manifest = manifest.astype(
         {"width": "int64", "height": "int64", "bytes": "int64", "usable": "bool"}, copy=False
     )
-    return Scan(
+    raw = Scan(
         root=root,
         layout=layout,
         classes=classes,
@@ -300,6 +306,45 @@ def scan(
         seconds=time.perf_counter() - start,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
+    )
+    return curate(raw) if curated else curate(raw, {})
+
+
+def curate(raw: Scan, decisions: dict[str, curation.Decision] | None = None) -> Scan:
+    """The scan with the person's decisions applied (default: those stored for its folder):
+    excluded images left out, relabelled ones in their new class. The manifest gains
+    `given_class` (the folder's class) and `decision`. Files are never touched."""
+    found = curation.decisions(raw.root) if decisions is None else decisions
+    manifest = curation.apply(raw.manifest, raw.classes, found)
+    if not found:
+        return dataclasses.replace(raw, manifest=manifest, curation="")
+    classes = sorted(set(manifest.loc[manifest["usable"], "class"]))
+    if not classes:  # every image excluded: the decisions can't leave a dataset with nothing to train on
+        return dataclasses.replace(raw, manifest=curation.apply(raw.manifest, raw.classes, {}), curation="")
+    problems = [p for p in raw.problems if p.kind not in ("excluded", "relabeled")]
+    excluded = tuple(manifest.loc[manifest["decision"] == "exclude", "relpath"])
+    relabeled = tuple(manifest.loc[manifest["decision"] == "relabel", "relpath"])
+    if excluded:
+        problems.append(
+            Problem(
+                "excluded",
+                f"{_n(len(excluded), 'image was', 'images were')} excluded on the Data doctor page and "
+                "left out (the files themselves are untouched; undo there).",
+                excluded,
+            )
+        )
+    if relabeled:
+        problems.append(
+            Problem(
+                "relabeled",
+                f"{_n(len(relabeled), 'image was', 'images were')} relabelled on the Data doctor page: "
+                "training and evaluation use the new class (the files stay where they are).",
+                relabeled,
+            )
+        )
+    problems.sort(key=lambda p: PROBLEM_KINDS.index(p.kind))
+    return dataclasses.replace(
+        raw, classes=classes, manifest=manifest, problems=problems, curation=curation.digest(found)
     )
 
 
@@ -405,8 +450,11 @@ def _file_problems(
     return problems
 
 
-def load_scan(data_dir: str | Path, val_fraction: float = 0.15, test_fraction: float = 0.15) -> Scan:
-    """scan(), kept on disk keyed by the folder's stat fingerprint (a new scan reads every image)."""
+def load_scan(
+    data_dir: str | Path, val_fraction: float = 0.15, test_fraction: float = 0.15, *, curated: bool = True
+) -> Scan:
+    """scan(), kept on disk keyed by the folder's stat fingerprint (a new scan reads every image);
+    the stored scan is the raw one, the decisions are applied on the way out (see curate)."""
     root = dataset_root(check_folder(data_dir))
     key = hashlib.sha256(
         f"{scan_key(root)}|{val_fraction}|{test_fraction}|{settings.max_pixels()}".encode()
@@ -416,13 +464,17 @@ def load_scan(data_dir: str | Path, val_fraction: float = 0.15, test_fraction: f
         with open(path, "rb") as fh:
             found = pickle.load(fh)
         if isinstance(found, Scan):
-            return found
+            return curate(found) if curated else curate(found, {})
     result = scan(
-        root, val_fraction=val_fraction, test_fraction=test_fraction, max_pixels=settings.max_pixels()
+        root,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        max_pixels=settings.max_pixels(),
+        curated=False,
     )
     with contextlib.suppress(OSError):
         files.write_atomic(path, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
-    return result
+    return curate(result) if curated else result
 
 
 def class_counts(scan: Scan) -> pd.DataFrame:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from lib import files, runs
+from lib.data import curation
 from lib.data.feeder import Feeder
 from lib.data.layouts import scan_key
 from lib.data.scan import scan
@@ -169,6 +170,7 @@ def _cache_stem(run: Run, root: Path, split: str) -> str:
         "version": PREDICTIONS_VERSION,
         "data_root": root_text,
         "data": scan_key(root),
+        "curation": curation.fingerprint(root),
         "split": label,
         "model": run.model_identity(),
         "classes": run.classes,

@@ -41,14 +41,13 @@ class TrainingData:
         return {s: int((self.splits == s).sum()) for s in SPLITS}
 
 
-def training_data(scan: Scan) -> TrainingData:
+def all_items(scan: Scan) -> TrainingData:
+    """Every usable image of a scan in the training order, without training's checks (the Data
+    doctor looks at datasets training would refuse, a single class say)."""
     usable = scan.usable.sort_values("relpath", kind="stable")
     classes = list(scan.classes)
-    if len(classes) < 2:
-        found = f"only {classes[0]!r}" if classes else "none"
-        raise UserError(f"Training needs at least 2 classes with usable images; this dataset has {found}.")
     index = {c: i for i, c in enumerate(classes)}
-    data = TrainingData(
+    return TrainingData(
         root=Path(scan.root),
         classes=classes,
         paths=[str(p) for p in usable["path"]],
@@ -57,6 +56,14 @@ def training_data(scan: Scan) -> TrainingData:
         labels=np.asarray([index[c] for c in usable["class"]], dtype=np.int32),
         splits=np.asarray(usable["split"], dtype=object).astype(str),
     )
+
+
+def training_data(scan: Scan) -> TrainingData:
+    classes = list(scan.classes)
+    if len(classes) < 2:
+        found = f"only {classes[0]!r}" if classes else "none"
+        raise UserError(f"Training needs at least 2 classes with usable images; this dataset has {found}.")
+    data = all_items(scan)
     train_classes = set(data.labels[data.index("train")].tolist())
     if len(train_classes) < 2:
         raise UserError("Training needs training images of at least 2 classes.")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from lib import files, runs, settings
+from lib.data import curation
 from lib.data.feeder import Stream
 from lib.data.images import decode
 from lib.data.scan import load_scan
@@ -403,7 +404,13 @@ def _write_run_config(
         "weights_used": weights,
         "weights_note": note,
         "classes": data.classes,
-        "dataset": {"root": str(data.root), "fingerprint": data.fingerprint, "counts": data.counts()},
+        "dataset": {
+            "root": str(data.root),
+            "fingerprint": data.fingerprint,
+            "counts": data.counts(),
+            "curation": curation.fingerprint(data.root),
+            "decisions": len(curation.decisions(data.root)),
+        },
         "versions": {
             "tensorflow": tf.__version__,
             "keras": keras.__version__,

@@ -17,7 +17,7 @@ import streamlit as st
 from PIL import Image
 
 from lib import runs, settings
-from lib.data import images
+from lib.data import curation, images
 from lib.data.layouts import scan_key
 from lib.data.scan import Scan
 from lib.data.scan import scan as scan_folder
@@ -34,14 +34,15 @@ THUMBNAIL_ROWS = 300
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _scan(root: str, fingerprint: str) -> Scan:
+def _scan(root: str, fingerprint: str, decisions: str) -> Scan:
     return scan_folder(Path(root), max_pixels=settings.max_pixels())
 
 
 def scan(root: str | Path) -> Scan:
-    """Scan a dataset folder; cached until any file under it is added, removed or changed."""
+    """Scan a dataset folder (with the Data doctor's decisions applied); cached until any file
+    under it is added, removed or changed, or a decision changes."""
     root = Path(root)
-    return _scan(str(root.resolve()), scan_key(root))
+    return _scan(str(root.resolve()), scan_key(root), curation.fingerprint(root))
 
 
 @st.cache_data(show_spinner=False, max_entries=2000)

@@ -21,6 +21,7 @@ class PageInfo:
     icon: str
     url: str  # the page's address: /Dataset, /Train ... ("" for the home page)
     blurb: str = ""
+    step: bool = True  # one of the four steps the home page shows
 
 
 PAGES = (
@@ -31,6 +32,14 @@ PAGES = (
         "🗂️",
         "Dataset",
         "Pick the bundled sample, upload a zip or open a folder; check class balance and file health.",
+    ),
+    PageInfo(
+        "pages/5_Doctor.py",
+        "Data doctor",
+        "🩺",
+        "Doctor",
+        "Suspect labels, near-duplicates and outliers, fixed with one click (your files untouched).",
+        step=False,
     ),
     PageInfo(
         "pages/2_Train.py",
@@ -54,7 +63,7 @@ PAGES = (
         "Drop in photos (or take one) and get a verdict in plain words.",
     ),
 )
-STEPS = PAGES[1:]
+STEPS = tuple(p for p in PAGES[1:] if p.step)
 
 
 def page(path: str) -> PageInfo:

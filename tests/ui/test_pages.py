@@ -41,7 +41,7 @@ def test_home_page_links_the_four_steps_in_order():
     labels = [link.proto.label for link in at.main.get("page_link")]
     assert labels == ["1 · Dataset", "2 · Train", "3 · Evaluate", "4 · Predict"]
     nav = [link.proto.label for link in at.sidebar.get("page_link")]
-    assert nav == ["Home", "1 · Dataset", "2 · Train", "3 · Evaluate", "4 · Predict"]
+    assert nav == ["Home", "1 · Dataset", "Data doctor", "2 · Train", "3 · Evaluate", "4 · Predict"]
 
 
 @pytest.mark.parametrize("script", PAGES)
