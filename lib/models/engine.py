@@ -303,6 +303,11 @@ def engines_dir() -> Path:
     return settings.cache_dir() / "engines"
 
 
+def feature_parts(*, pooled: bool, batch: int | None, size: int, key_parts: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a converted feature extractor (see base_key)."""
+    return {"kind": "base", "pooled": pooled, "batch": batch, "size": size, **key_parts}
+
+
 def base_key(parts: dict[str, Any]) -> str:
     """Cache key of a converted base: base, weights identity, size, cut, pooling, batch shape and
     the library versions, as given by the caller, plus the engine version."""
@@ -401,6 +406,5 @@ def feature_engine(
         reference = np.asarray(holder["extractor"](x, training=False))
         return max_difference({FEATURES: reference}, {FEATURES: lite(x)[FEATURES]})
 
-    parts = {"kind": "base", "pooled": pooled, "batch": batch, "size": size, **key_parts}
-    key = base_key(parts)
+    key = base_key(feature_parts(pooled=pooled, batch=batch, size=size, key_parts=key_parts))
     return cached_conversion(engines_dir() / key / "base.tflite", {"key": key}, make, check)

@@ -274,6 +274,47 @@ def _check_pixels(data: TrainingData, size: int) -> np.ndarray:
     return np.stack(out) if out else engine.check_images(size)
 
 
+def _base_key_parts(config: TrainConfig, weights: str) -> dict[str, Any]:
+    return {
+        "base": config.base,
+        "weights": registry.weights_identity(config.spec, weights),
+        "cut": config.cut_layer,
+    }
+
+
+def early_extractors(config: TrainConfig, weights: str) -> Extractors | None:
+    """The LiteRT feature extractor straight from the converted-base cache, without TensorFlow or
+    building the base: when LiteRT is the engine, there are no augmented views (their layers are
+    Keras) and this base was converted (and checked) before. None otherwise."""
+    if config.views or engine.choose() != "litert":
+        return None
+    parts = engine.feature_parts(
+        pooled=config.pooling == "avg",
+        batch=None,
+        size=config.image_size,
+        key_parts=_base_key_parts(config, weights),
+    )
+    key = engine.base_key(parts)
+    target = engine.engines_dir() / key / "base.tflite"
+    try:
+        meta = files.read_json(target.with_name(target.name + ".json"))
+        if meta.get("identity") != {"key": key} or not meta.get("ok"):
+            return None
+        lite = engine.LiteModel(target)
+    except (OSError, ValueError, RuntimeError):
+        return None
+    shape = lite.output_shape(engine.FEATURES)
+    if not shape:
+        return None
+    return Extractors(
+        plain=lambda x: lite(x)[engine.FEATURES],
+        augmented=None,
+        feature_shape=tuple(shape[1:]),
+        engine="litert",
+        max_diff=meta.get("max_diff"),
+    )
+
+
 def base_lite(config: TrainConfig, base: Any, weights: str, data: TrainingData) -> engine.Converted:
     """The frozen base (preprocessing, base, pooling) as LiteRT with a dynamic batch: converted
     once per base, weights, size, cut and library versions, checked against Keras on a few of
@@ -284,11 +325,7 @@ def base_lite(config: TrainConfig, base: Any, weights: str, data: TrainingData) 
         base,
         pooled=config.pooling == "avg",
         batch=None,
-        key_parts={
-            "base": config.base,
-            "weights": registry.weights_identity(config.spec, weights),
-            "cut": config.cut_layer,
-        },
+        key_parts=_base_key_parts(config, weights),
         check_pixels=_check_pixels(data, config.image_size),
     )
 
@@ -355,8 +392,10 @@ def compute(
     should_stop: Callable[[], bool],
     log: Callable[[str], None] | None = None,
     engine_name: str | None = None,
+    extractors: Extractors | None = None,
 ) -> Features:
-    """Run the base over every image (and the augmented views) into a new cache entry.
+    """Run the base over every image (and the augmented views) into a new cache entry
+    (`extractors`: ready-made ones, see early_extractors; else made from `base`).
 
     Raises Cancelled when should_stop() turns true; the entry is written to a temporary folder and
     renamed into place, so a half-computed cache is never read.
@@ -366,7 +405,7 @@ def compute(
     train_items, _ = plan(config, data)
     n = len(data.paths)
     total_rows = n + len(train_items) * views
-    ex = _extractors(config, base, weights, data, engine_name)
+    ex = extractors or _extractors(config, base, weights, data, engine_name)
     if log is not None:
         if ex.note:
             log(ex.note)
