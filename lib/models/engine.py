@@ -36,6 +36,7 @@ ENGINES = ("auto", "litert", "keras")
 ENGINE_VERSION = 1  # bump when what a converted file holds changes (its cache entries are rebuilt)
 TOLERANCE = 1e-3  # largest |LiteRT - Keras| difference accepted on the check images
 CHECK_IMAGES = 8
+MAX_BATCH = 64  # largest batch one interpreter call runs (bigger ones go in chunks)
 PROBABILITIES, FEATURES = "probabilities", "features"
 
 
@@ -103,7 +104,8 @@ class LiteModel:
     """A .tflite file (or its bytes) run by LiteRT with XNNPACK on every core.
 
     __call__(x) -> {output name: array} for an N x S x S x 3 float32 batch: a file with a fixed
-    batch runs padded chunks of it, one with a dynamic batch is resized when N changes. One
+    batch runs padded chunks of it, one with a dynamic batch is resized when N changes (at most
+    MAX_BATCH images a call). One
     interpreter, guarded by a lock (it is not thread-safe)."""
 
     def __init__(self, model: str | Path | bytes, *, threads: int | None = None):
@@ -142,13 +144,13 @@ class LiteModel:
             raise ValueError(f"expected N x {self.size} x {self.size} x 3 pixels, got shape {x.shape}")
         n = x.shape[0]
         with self._lock:
-            if self.fixed_batch is None:
+            if self.fixed_batch is None and n <= MAX_BATCH:
                 return self._invoke(x) if n else self._empty()
             parts: list[dict[str, np.ndarray]] = []
-            step = self.fixed_batch
+            step = self.fixed_batch or MAX_BATCH  # bounded activations, whatever the caller sends
             for start in range(0, n, step):
                 chunk = x[start : start + step]
-                if len(chunk) < step:
+                if self.fixed_batch is not None and len(chunk) < step:
                     chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *x.shape[1:]), np.float32)])
                 out = self._invoke(chunk)
                 parts.append({k: v[: min(step, n - start)] for k, v in out.items()})
