@@ -182,6 +182,20 @@ def bootstrap_ece(probs: np.ndarray, labels: np.ndarray, rounds: int = 2000, see
     return [round(float(v), 4) for v in np.percentile(values, [2.5, 97.5])]
 
 
+def perfect_ece(probs: np.ndarray, rounds: int = 2000, seed: int = 0) -> list[float]:
+    """Median and 95% range of the ECE a *perfectly calibrated* model with these confidences would
+    show on this many images (labels drawn from its own probabilities): what chance alone gives."""
+    from lib.models import unknown
+
+    rng = np.random.default_rng(seed)
+    cum = np.cumsum(probs, axis=1)
+    values = []
+    for _ in range(rounds):
+        y = np.minimum((rng.random((len(probs), 1)) > cum).sum(1), probs.shape[1] - 1)
+        values.append(unknown.ece(probs, y))
+    return [round(float(v), 4) for v in np.percentile(values, [50, 2.5, 97.5])]
+
+
 def make_crop_set(beans: Path, out: Path, photos: int = 750, seed: int = 0) -> Path:
     """A larger 3-class set from the beans photos: each photo cut into its four quadrants (the four
     crops of one photo stay in one split, so no split sees another's photo); 70/15/15 by photo into
@@ -233,6 +247,7 @@ def calibration(run_dir: Path) -> dict:
         "noise_floor_test": round(0.4 / np.sqrt(len(ty)), 4),
         "test_ece_before_95ci": bootstrap_ece(tp, ty),
         "test_ece_after_95ci": bootstrap_ece(det.calibrated(tp), ty),
+        "test_ece_if_perfect": perfect_ece(det.calibrated(tp)),
         "temperature_source": det.info.get("temperature_source", det.info.get("temperature_note", "")),
         "temperature_images": det.info.get("temperature_images"),
     }
@@ -293,7 +308,8 @@ def print_calibration(cal: dict) -> None:
     print(
         f"      calibration: T={cal['temperature']} ({cal['temperature_source']}, {cal['temperature_images']} images), "
         f"test ECE {cal['test_ece_before']} -> {cal['test_ece_after']} ({cal['test_images']} images; 95% bootstrap "
-        f"{cal['test_ece_before_95ci']} -> {cal['test_ece_after_95ci']}); NLL {cal['test_nll_before']} -> "
+        f"{cal['test_ece_before_95ci']} -> {cal['test_ece_after_95ci']}; a perfectly calibrated model would show "
+        f"{cal['test_ece_if_perfect'][0]}, 95% {cal['test_ece_if_perfect'][1:]}); NLL {cal['test_nll_before']} -> "
         f"{cal['test_nll_after']}; validation-only T={cal.get('temperature_validation_only')} would give "
         f"{cal.get('test_ece_validation_only')}; val+test halves ECE {cal['oof_ece_before']} -> "
         f"{cal['oof_ece_after']} ({cal['oof_images']} images)"

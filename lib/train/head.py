@@ -18,6 +18,7 @@ import numpy as np
 
 from lib import files
 from lib.models import build
+from lib.models.unknown import fold_of_groups
 from lib.train.config import TrainConfig
 from lib.train.features import Features
 from lib.train.items import TrainingData
@@ -338,8 +339,6 @@ def out_of_fold_probs(
     stopping) trained on the other folds' cached features: honest held-out confidences for every
     train+validation image, so the temperature rests on many more images than validation holds.
     Items sharing a group (the same photo twice) share a fold."""
-    from lib.models.unknown import fold_of_groups
-
     items = np.asarray(items)
     n = len(items)
     folds = max(2, min(folds, n))
