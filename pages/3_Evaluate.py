@@ -10,7 +10,13 @@ from lib.errors import UserError
 from lib.evaluate import other_photos
 from lib.evaluate import predictions as preds
 from lib.evaluate.compare import compare_runs
-from lib.evaluate.metrics import calibration, calibration_note, metrics_from_predictions, per_class_table
+from lib.evaluate.metrics import (
+    calibration,
+    calibration_note,
+    metrics_from_predictions,
+    per_class_table,
+    temperature_help,
+)
 from lib.evaluate.report import write_report
 from lib.runs import public_config
 from lib.text import md_escape, plural, readable_labels
@@ -42,6 +48,8 @@ classes = run.classes
 names = readable_labels(classes)  # distinct even for "cats"/"Cats"
 labels = [names[c] for c in classes]
 metrics = metrics_from_predictions(df, classes)
+detector = cached.detector(run)
+shown = preds.calibrated_predictions(df, classes, detector.temperature if detector else None)
 root = preds.data_root(run, None, preds.normalize_split(split))
 shown_root = root if settings.hosted() else None  # hosted: paths relative to the dataset
 
@@ -124,7 +132,7 @@ text = f5.text_input("File name contains", key="f_text")
 f6.button("Show all images", on_click=_show_all, width="stretch")
 
 view = preds.filter_predictions(
-    df,
+    shown,
     actual=actual_sel,
     predicted=pred_sel,
     correct=preds.VERDICT_FILTERS[correct_sel],
@@ -169,7 +177,6 @@ with st.expander("Random samples with their probabilities"):
     widgets.gallery(view.sample(n=min(8, len(view)), random_state=1), classes, "sample")
 
 # --- calibration ----------------------------------------------------------------------------------
-detector = cached.detector(run)
 st.subheader("Are its percentages honest?")
 if detector is None:
     st.caption(
@@ -188,13 +195,11 @@ else:
             else None,
             delta_color="inverse",
         )
-        k3.metric(
-            "Temperature", f"{cal['temperature']:.2f}", help="Fitted on the validation images; 1 = unchanged"
-        )
+        k3.metric("Temperature", f"{cal['temperature']:.2f}", help=temperature_help(detector.info))
         same = cal["temperature"] == 1
         st.caption(
             calibration_note(cal, detector.info)
-            + ("" if same else " Predict shows the calibrated percentages.")
+            + ("" if same else " Predict and the table above show the calibrated percentages.")
         )
         st.plotly_chart(
             charts.reliability_diagram(cal["bins_before"], None if same else cal["bins_after"]),
@@ -307,7 +312,7 @@ st.caption(
 )
 if st.button("Make the report"):
     result = preds.EvaluationResult(
-        predictions=df, metrics=metrics, classes=classes, run=run, split=split, data_dir=root
+        predictions=shown, metrics=metrics, classes=classes, run=run, split=split, data_dir=root
     )
     try:
         st.session_state["report_paths"] = {k: str(v) for k, v in write_report(result).items()}

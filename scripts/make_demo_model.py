@@ -108,6 +108,12 @@ def unknown_section(other: dict, calibration: dict | None, unknown_metrics: dict
     ]
     if calibration:
         note = unknown_metrics.get("temperature_note")
+        if str(unknown_metrics.get("temperature_source", "")).startswith("out-of-fold"):
+            note = (
+                f"fitted on {unknown_metrics.get('temperature_images')} held-out predictions: five copies of "
+                "the head, each trained without one fifth of the training and validation photos and judging "
+                "that fifth, plus the validation photos"
+            )
         lines += [
             f"Percentages: temperature {calibration['temperature']:.2f}"
             + (f" ({note})" if note else "")

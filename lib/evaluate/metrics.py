@@ -253,3 +253,18 @@ def calibration_note(cal: dict[str, Any], detector_info: dict[str, Any] | None =
     if note:
         text += f" The temperature was kept at 1: {note.split(':')[0]}."
     return text
+
+
+def temperature_help(detector_info: dict[str, Any] | None) -> str:
+    """Where the run's temperature came from, in words."""
+    info = detector_info or {}
+    source, n = info.get("temperature_source", ""), info.get("temperature_images")
+    if source.startswith("out-of-fold"):
+        return (
+            f"Fitted on {n:,} held-out predictions: five copies of the classifier, each trained without "
+            "one fifth of the training and validation images and judging that fifth, plus the "
+            "validation images. 1 = unchanged."
+        )
+    if source == "validation":
+        return f"Fitted on the {n:,} validation images. 1 = unchanged."
+    return "Fitted on the validation images; 1 = unchanged"

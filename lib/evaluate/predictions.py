@@ -4,6 +4,10 @@ Predictions are stored next to the run (or in the cache for read-only runs), key
 stat fingerprint and the model file, so reopening the Evaluate page runs no model. Rows hold path,
 split, actual, predicted, confidence, prob_<class> per class (the model's own, before the
 temperature), correct, and unknown_score when the run has an unknown-photo detector.
+
+What the Evaluate page, its CSV, galleries and the report show are the calibrated rows
+(`calibrated_predictions`: the run's temperature applied, like Predict), with the model's own
+confidence kept as model_confidence; metrics and the calibration numbers use the stored rows.
 """
 
 from __future__ import annotations
@@ -282,6 +286,23 @@ def _predict_split(
     return df, where / f"{stem}.parquet"
 
 
+def calibrated_predictions(
+    df: pd.DataFrame, classes: Sequence[str], temperature: float | None
+) -> pd.DataFrame:
+    """The stored rows with the run's temperature applied to confidence and every prob_<class>
+    (the percentages Predict shows; the predicted class can't change), plus model_confidence (the
+    model's own). Unchanged rows (a copy) without a temperature or with T = 1."""
+    out = df.copy()
+    cols = [prob_column(c) for c in classes]
+    if temperature is None or abs(float(temperature) - 1.0) < 1e-12 or out.empty or not set(cols) <= set(out):
+        return out
+    probs = unknown.calibrate(out[cols].to_numpy(dtype=np.float64), float(temperature))
+    out["model_confidence"] = out["confidence"].astype(np.float64)
+    out[cols] = probs
+    out["confidence"] = probs.max(axis=1)
+    return out
+
+
 def evaluate(
     run_dir: str | Path | Run, data_dir: str | Path | None = None, split: str = "test"
 ) -> EvaluationResult:
@@ -294,7 +315,7 @@ def evaluate(
     if detector is not None:
         metrics["calibration"] = calibration(df, run.classes, detector.temperature)
     return EvaluationResult(
-        predictions=df,
+        predictions=calibrated_predictions(df, run.classes, detector.temperature if detector else None),
         metrics=metrics,
         classes=run.classes,
         run=run,
@@ -356,8 +377,9 @@ def relative_paths(df: pd.DataFrame, root: Path | None) -> pd.Series:
 
 def predictions_csv(df: pd.DataFrame, classes: Sequence[str], *, root: Path | None = None) -> bytes:
     """CSV of prediction rows: path, split, actual, predicted, confidence, correct, each class's
-    probability; formula-safe. With `root`, paths are relative to it."""
-    cols = ["path", "split", "actual", "predicted", "confidence", "correct"]
+    probability (calibrated rows: also model_confidence, the model's own); formula-safe. With
+    `root`, paths are relative to it."""
+    cols = ["path", "split", "actual", "predicted", "confidence", "model_confidence", "correct"]
     cols += [prob_column(c) for c in classes if prob_column(c) in df]
     out = df[[c for c in cols if c in df]].copy()
     if root is not None:

@@ -35,6 +35,7 @@ DEFAULT_ACCEPTANCE = 0.99  # share of real (validation) photos accepted; see doc
 ACCEPTANCE_CHOICES = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 FOLDS = 5
 MIN_VAL_FOR_TEMPERATURE = 50  # fewer validation images than this: T stays 1 (a fit would be noise)
+MIN_OOF_FOR_TEMPERATURE = 40  # out-of-fold images needed to fit T on them (else validation, else 1)
 ECE_BINS = 15
 TEMPERATURE_RANGE = (0.05, 20.0)
 
@@ -378,11 +379,15 @@ def fit(
     *,
     val_probs: np.ndarray | None = None,
     val_labels: np.ndarray | None = None,
+    oof_probs: np.ndarray | None = None,
+    oof_labels: np.ndarray | None = None,
     seed: int = 0,
 ) -> Detector:
     """The detector from the in-distribution (train + validation) pooled features, with the
-    temperature fitted on the validation probabilities (T = 1 with fewer than
-    MIN_VAL_FOR_TEMPERATURE images)."""
+    temperature fitted by NLL on the out-of-fold probabilities (copies of the head, each predicting
+    its held-out fold of train+validation; see lib.train.head.out_of_fold_probs) together with the
+    validation probabilities, when there are at least MIN_OOF_FOR_TEMPERATURE out-of-fold images;
+    otherwise on validation alone (T = 1 with fewer than MIN_VAL_FOR_TEMPERATURE images)."""
     x = pooled(features)
     y = np.asarray(labels)
     reference = np.sort(cross_fitted_scores(x, y, n_classes, groups, seed=seed))
@@ -395,15 +400,35 @@ def fit(
         "method": "Mahalanobis, class-conditional Gaussians, shared Ledoit-Wolf covariance, L2-normalised pooled features",
     }
     temperature = 1.0
-    if val_probs is not None and val_labels is not None and len(val_labels):
+    has_val = val_probs is not None and val_labels is not None and len(val_labels) > 0
+    if has_val:
         before = reliability(val_probs, val_labels)
         info.update(val_ece_before=before["ece"], val_nll_before=nll(val_probs, val_labels))
-        if len(val_labels) >= MIN_VAL_FOR_TEMPERATURE:
-            temperature = fit_temperature(val_probs, val_labels)
-        else:
-            info["temperature_note"] = (
-                f"{len(val_labels)} validation images (fewer than {MIN_VAL_FOR_TEMPERATURE}): temperature kept at 1"
-            )
+    if oof_probs is not None and oof_labels is not None:
+        keep = np.isfinite(np.asarray(oof_probs)).all(axis=1)
+        oof_p, oof_y = np.asarray(oof_probs)[keep], np.asarray(oof_labels)[keep]
+    else:
+        oof_p, oof_y = np.zeros((0, n_classes)), np.zeros(0, dtype=np.int64)
+    if len(oof_y) >= MIN_OOF_FOR_TEMPERATURE:
+        fit_p, fit_y = (np.concatenate([oof_p, val_probs]), np.concatenate([oof_y, val_labels])) if has_val else (oof_p, oof_y)
+        temperature = fit_temperature(fit_p, fit_y)
+        info.update(
+            temperature_source="out-of-fold (train+validation) + validation",
+            temperature_images=int(len(fit_y)),
+            oof_images=int(len(oof_y)),
+            oof_ece_before=ece(oof_p, oof_y),
+            oof_ece_after=ece(calibrate(oof_p, temperature), oof_y),
+            oof_nll_before=nll(oof_p, oof_y),
+            oof_nll_after=nll(calibrate(oof_p, temperature), oof_y),
+        )
+    elif has_val and len(val_labels) >= MIN_VAL_FOR_TEMPERATURE:
+        temperature = fit_temperature(val_probs, val_labels)
+        info.update(temperature_source="validation", temperature_images=int(len(val_labels)))
+    elif has_val:
+        info["temperature_note"] = (
+            f"{len(val_labels)} validation images (fewer than {MIN_VAL_FOR_TEMPERATURE}): temperature kept at 1"
+        )
+    if has_val:
         after = calibrate(val_probs, temperature)
         info.update(val_ece_after=ece(after, val_labels), val_nll_after=nll(after, val_labels))
     return Detector(gaussians=gaussians, reference=reference, temperature=temperature, info=info)

@@ -1,6 +1,12 @@
 """After training: fit the run's unknown-photo detector and temperature (lib.models.unknown) and
 measure them on the test split; written to the run as unknown.npz.
 
+The temperature: with a head trained on cached features (frozen base, the default), five copies of
+the same head recipe are trained on the cached features, each predicting its held-out fold of
+train+validation; T is fitted on those out-of-fold probabilities plus the real head's validation
+ones (hundreds of images instead of a validation split that may hold 31). After fine-tuning or
+from scratch a copy would cost a whole training: validation alone.
+
 With a frozen base and no fine-tuning the base features are the cached ones (no extra pass); after
 fine-tuning or training from scratch the finished model computes them in one pass over the images.
 """
@@ -15,6 +21,7 @@ from lib.data.feeder import Feeder
 from lib.models import build, unknown
 from lib.train.config import TrainConfig
 from lib.train.features import Features
+from lib.train.head import OOF_MAX_IMAGES, out_of_fold_probs
 from lib.train.items import TrainingData
 from lib.train.progress import Session
 
@@ -28,6 +35,15 @@ def _subset(items: np.ndarray, seed: int) -> np.ndarray:
     if len(items) <= MAX_IMAGES:
         return items
     return np.sort(np.random.default_rng(seed).choice(items, MAX_IMAGES, replace=False))
+
+
+def _oof_items(data: TrainingData, seed: int) -> np.ndarray:
+    """Train+validation items for the out-of-fold heads (a random subset beyond OOF_MAX_IMAGES:
+    five head trainings on cached features stay seconds even for a huge dataset)."""
+    items = np.concatenate([data.index("train"), data.index("validation")])
+    if len(items) <= OOF_MAX_IMAGES:
+        return np.sort(items)
+    return np.sort(np.random.default_rng([seed, 7]).choice(items, OOF_MAX_IMAGES, replace=False))
 
 
 def _from_cache(head: Any, cached: Features, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +83,7 @@ def fit_detector(
     *,
     head: Any = None,
     cached: Features | None = None,
+    head_epochs: int = 0,
 ) -> dict[str, Any]:
     """Fit, save (unknown.npz) and measure the detector; returns what metrics.json records."""
     split_items = {s: _subset(data.index(s), config.seed) for s in ("train", "validation", "test")}
@@ -80,6 +97,19 @@ def fit_detector(
     known = np.r_[part["train"].start : part["validation"].stop]
     labels = data.labels[everything]
     val = part["validation"]
+    oof_probs = oof_labels = None
+    if head is not None and cached is not None:
+        oof_items = _oof_items(data, config.seed)
+        oof_labels = data.labels[oof_items]
+        oof_probs = out_of_fold_probs(
+            config,
+            data,
+            cached,
+            oof_items,
+            head_epochs or config.epochs,
+            session,
+            groups=[data.sha1[i] for i in oof_items],
+        )
     detector = unknown.fit(
         feats[known],
         labels[known],
@@ -87,6 +117,8 @@ def fit_detector(
         [data.sha1[i] for i in everything[known]],
         val_probs=probs[val],
         val_labels=labels[val],
+        oof_probs=oof_probs,
+        oof_labels=oof_labels,
         seed=config.seed,
     )
     test = part["test"]

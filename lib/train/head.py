@@ -18,6 +18,7 @@ import numpy as np
 
 from lib import files
 from lib.models import build
+from lib.models.unknown import fold_of_groups
 from lib.train.config import TrainConfig
 from lib.train.features import Features
 from lib.train.items import TrainingData
@@ -203,9 +204,23 @@ class _Trainer:
 
     def epoch(self, rng: np.random.Generator, session: Session) -> dict[str, float]:
         """One pass over the training features (a random view of each image); then validation."""
+        sum_loss, sum_correct, seen = self.train_pass(rng, session)
+        val = self.validate()
+        return {
+            "loss": sum_loss / seen,
+            "accuracy": sum_correct / seen,
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+        }
+
+    def train_pass(self, rng: np.random.Generator, session: Session) -> tuple[float, float, int]:
+        """One pass over self.train_items; augmented views only for images that have them."""
         features, labels = self.features, self.data.labels
         order = rng.permutation(self.train_items)
-        view = rng.integers(0, features.views + 1, size=len(order)) if features.views else None
+        view = None
+        if features.views:
+            view = rng.integers(0, features.views + 1, size=len(order))
+            view[~np.isin(order, features.train_items)] = 0
         rows = features.rows(order, view)
         sum_loss = sum_correct = 0.0
         for at in range(0, len(order), self.chunk):
@@ -219,13 +234,7 @@ class _Trainer:
             sum_loss += float(loss)
             sum_correct += float(correct)
             session.check_stop()
-        val = self.validate()
-        return {
-            "loss": sum_loss / len(order),
-            "accuracy": sum_correct / len(order),
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-        }
+        return sum_loss, sum_correct, len(order)
 
     def validate(self) -> dict[str, float]:
         val, step = self.val_items, self.chunk
@@ -240,6 +249,7 @@ class HeadResult:
     head: Any
     stopped: str = ""
     best_epoch: int = 0
+    epochs_kept: int = 0  # epochs of training in the weights kept (the recipe the out-of-fold copies repeat)
 
 
 def _stop_reason(config: TrainConfig, state: LoopState, val_accuracy: float) -> str:
@@ -299,6 +309,57 @@ def train_head(
             stopped = session.time_note()
         if stopped:
             break
+    kept = state.epoch
     if state.best_weights is not None and not stopped.startswith("reached"):
         trainer.head.set_weights(state.best_weights)
-    return HeadResult(head=trainer.head, stopped=stopped, best_epoch=state.best_epoch)
+        kept = state.best_epoch
+    return HeadResult(head=trainer.head, stopped=stopped, best_epoch=state.best_epoch, epochs_kept=kept)
+
+
+# ----------------------------------------------------------------------------------------------
+# Out-of-fold predictions (for the temperature)
+# ----------------------------------------------------------------------------------------------
+
+OOF_FOLDS = 5
+OOF_MAX_IMAGES = 3000  # train+validation images the out-of-fold heads use (a random subset beyond)
+
+
+def out_of_fold_probs(
+    config: TrainConfig,
+    data: TrainingData,
+    features: Features,
+    items: np.ndarray,
+    epochs: int,
+    session: Session,
+    *,
+    groups: list[str] | np.ndarray | None = None,
+    folds: int = OOF_FOLDS,
+) -> np.ndarray:
+    """Each item's probabilities from a copy of the head (same recipe, `epochs` epochs, no early
+    stopping) trained on the other folds' cached features: honest held-out confidences for every
+    train+validation image, so the temperature rests on many more images than validation holds.
+    Items sharing a group (the same photo twice) share a fold."""
+    items = np.asarray(items)
+    n = len(items)
+    folds = max(2, min(folds, n))
+    fold = fold_of_groups(groups if groups is not None else np.arange(n), folds, config.seed)
+    out = np.full((n, len(data.classes)), np.nan)
+    for k in range(folds):
+        held = fold == k
+        if not held.any() or held.all():
+            continue
+        trainer = _Trainer(config, data, features)
+        trainer.train_items = items[~held]
+        if config.class_weights:
+            trainer.weights = class_weights(data.labels[trainer.train_items], trainer.n_classes)
+        rng = np.random.default_rng([config.seed, 1000 + k])
+        for _ in range(max(1, int(epochs))):
+            trainer.train_pass(rng, session)
+        rows = items[held]
+        out[held] = np.concatenate(
+            [
+                trainer.predict(features.take(rows[i : i + trainer.chunk])).numpy()
+                for i in range(0, len(rows), trainer.chunk)
+            ]
+        )
+    return out

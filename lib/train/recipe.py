@@ -62,6 +62,7 @@ class Fitted:
     metrics: dict[str, Any] = field(default_factory=dict)
     head: Any = None  # the head trained on cached features (while those still describe the base)
     features: features.Features | None = None
+    head_epochs: int = 0  # epochs in the head's kept weights (out-of-fold copies train as many)
 
 
 def train(
@@ -204,6 +205,7 @@ def fit_on_features(
         },
         head=result.head,
         features=cached,
+        head_epochs=result.epochs_kept,
     )
 
 
@@ -260,7 +262,13 @@ def finish(
     _save_model(fitted.model, session.run_dir)
     detector_start = time.perf_counter()
     unknown_metrics = detect.fit_detector(
-        config, data, fitted.model, session, head=fitted.head, cached=fitted.features
+        config,
+        data,
+        fitted.model,
+        session,
+        head=fitted.head,
+        cached=fitted.features,
+        head_epochs=fitted.head_epochs,
     )
     unknown_metrics["seconds"] = round(time.perf_counter() - detector_start, 2)
     lite = _save_lite(fitted.model, config, data, base, session)

@@ -220,3 +220,51 @@ def test_predictions_csv_neutralizes_formulas_in_cells_and_headers(tmp_path, rel
     assert ("'-sub/+cmd" if relative else str(tmp_path)) in text
     if relative:
         assert str(tmp_path) not in text  # no server paths when the root is given (hosted)
+
+
+def test_calibrated_rows_show_the_temperature_like_predict():
+    from lib.models import unknown
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.4, 0.5, 0.1], [0.34, 0.33, 0.33]])
+    classes = ["a", "b", "c"]
+    df = pd.DataFrame({"path": ["x/1.png", "x/2.png", "x/3.png"], "split": "test", "actual": ["a", "a", "c"]})
+    df["predicted"] = [classes[i] for i in probs.argmax(1)]
+    df["confidence"] = probs.max(1)
+    for j, c in enumerate(classes):
+        df[f"prob_{c}"] = probs[:, j]
+    df["correct"] = df["actual"] == df["predicted"]
+    shown = ev.calibrated_predictions(df, classes, 0.5)  # T < 1 sharpens
+    want = unknown.calibrate(probs, 0.5)
+    assert np.allclose(shown[[f"prob_{c}" for c in classes]].to_numpy(), want)
+    assert np.allclose(shown["confidence"], want.max(1)) and (shown["confidence"] > df["confidence"]).all()
+    assert np.allclose(shown["model_confidence"], df["confidence"])
+    assert shown["predicted"].tolist() == df["predicted"].tolist() and "model_confidence" not in df
+    # The confidence filter and the most-confident-mistakes order use the calibrated numbers.
+    assert len(ev.filter_predictions(shown, confidence=(0.8, 1.0))) == 1
+    text = ev.predictions_csv(shown, classes).decode()
+    assert text.splitlines()[0].startswith("path,split,actual,predicted,confidence,model_confidence,correct")
+    for t in (None, 1.0):
+        same = ev.calibrated_predictions(df, classes, t)
+        assert same.equals(df) and same is not df
+
+
+def test_evaluate_returns_the_calibrated_rows_of_the_shipped_demo(tmp_path, monkeypatch):
+    from lib import settings
+    from lib.models import unknown
+
+    demo = settings.demo_run_dir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    detector = unknown.load(demo / unknown.FILE_NAME)
+    assert (
+        detector is not None and detector.temperature != 1.0
+    )  # out-of-fold temperature (31 validation images)
+    result = ev.evaluate(demo, split="test")
+    stored = ev.predict_split(demo, split="test")
+    classes = result.classes
+    raw = stored[[f"prob_{c}" for c in classes]].to_numpy()
+    assert np.allclose(result.predictions["confidence"], detector.calibrated(raw).max(1))
+    assert np.allclose(result.predictions["model_confidence"], stored["confidence"])
+    assert result.metrics["calibration"]["ece_before"] == round(
+        unknown.ece(raw, [classes.index(a) for a in stored["actual"]]), 4
+    )

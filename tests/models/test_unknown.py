@@ -88,6 +88,38 @@ def test_few_validation_images_keep_the_temperature_at_one():
     assert det.temperature == 1.0 and "temperature kept at 1" in det.info["temperature_note"]
 
 
+def _overconfident(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    logits = rng.normal(0, 1, (n, 3))
+    logits[np.arange(n), labels] += 1.5
+    probs = np.exp(logits * 4.0)  # overconfident by a temperature of 4
+    return probs / probs.sum(1, keepdims=True), labels
+
+
+def test_out_of_fold_probabilities_give_a_small_dataset_a_real_temperature():
+    # 20 validation images alone keep T at 1; 300 out-of-fold ones (same overconfident head) fit it.
+    x, y = _clusters(120)
+    val_p, val_y = _overconfident(20, 1)
+    oof_p, oof_y = _overconfident(300, 2)
+    oof_p[:3] = np.nan  # an item no fold predicted is left out
+    groups = [str(i) for i in range(120)]
+    det = unknown.fit(x, y, 3, groups, val_probs=val_p, val_labels=val_y, oof_probs=oof_p, oof_labels=oof_y)
+    assert 2.0 < det.temperature < 7.0
+    assert det.info["temperature_source"].startswith("out-of-fold") and det.info["temperature_images"] == 317
+    assert det.info["oof_ece_after"] < det.info["oof_ece_before"]
+    # Measured on fresh images of the same model: NLL and ECE both fall.
+    test_p, test_y = _overconfident(3000, 3)
+    after = det.calibrated(test_p)
+    assert unknown.nll(after, test_y) < unknown.nll(test_p, test_y) - 0.1
+    assert unknown.ece(after, test_y) < 0.04 < unknown.ece(test_p, test_y)
+    # Too few out-of-fold images (and validation under 50): T stays 1, as before.
+    few = unknown.fit(
+        x, y, 3, groups, val_probs=val_p, val_labels=val_y, oof_probs=oof_p[3:30], oof_labels=oof_y[3:30]
+    )
+    assert few.temperature == 1.0 and "temperature kept at 1" in few.info["temperature_note"]
+
+
 def test_reliability_bins_and_auroc_edge_cases():
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
     r = unknown.reliability(probs, np.array([0, 1, 1]))

@@ -17,7 +17,7 @@ import pytest
 from lib import runs
 from lib.data.scan import load_scan
 from lib.errors import Cancelled, ImageError, UserError
-from lib.models import build, loader, registry
+from lib.models import build, loader, registry, unknown
 from lib.train import estimate, features
 from lib.train.config import TrainConfig
 from lib.train.recipe import train
@@ -73,6 +73,19 @@ def test_training_on_a_separable_set_reaches_high_accuracy(first_run):
     assert metrics["assembly_max_difference"] < 0.01
     assert metrics["unknown"]["images"] == sum(metrics["counts"][s] for s in ("train", "validation"))
     assert metrics["unknown"]["test_refused"] <= 0.1
+
+
+def test_a_tiny_frozen_run_gets_its_temperature_from_out_of_fold_heads(first_run):
+    # 90 images (validation far below 50): the temperature used to stay 1. Five copies of the head,
+    # trained on the cached features, each predict their held-out fold of train+validation.
+    _, metrics, _ = first_run
+    u, counts = metrics["unknown"], metrics["counts"]
+    assert counts["validation"] < unknown.MIN_VAL_FOR_TEMPERATURE
+    assert u["temperature_source"].startswith("out-of-fold")
+    assert u["oof_images"] == counts["train"] + counts["validation"]
+    assert u["temperature_images"] == u["oof_images"] + counts["validation"]
+    assert u["temperature"] != 1.0 and "temperature_note" not in u
+    assert u["oof_nll_after"] < u["oof_nll_before"]
 
 
 def test_the_run_folder_holds_everything(first_run, tiny_dataset):

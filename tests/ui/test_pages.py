@@ -292,10 +292,25 @@ def test_predict_page_of_a_run_without_the_detector_keeps_the_old_sentence(sampl
 
 
 def test_evaluate_page_shows_calibration_and_checks_other_photos(sample_run, tmp_path):
-    _with_run(sample_run, tmp_path)
+    import numpy as np
+
+    from lib import runs
+    from lib.evaluate import predictions as preds
+    from lib.models import unknown
+
+    run = _with_run(sample_run, tmp_path)
     at = _run("pages/3_Evaluate.py")
     labels = [m.label for m in at.metric]
     assert "Calibration error, the model's own" in labels and "Temperature" in labels
+    # The sample (31 validation images) gets an out-of-fold temperature; the table shows its percentages.
+    detector = unknown.load(run / unknown.FILE_NAME)
+    assert detector.temperature != 1.0
+    stored = preds.predict_split(run, split="test")
+    raw = stored[[f"prob_{c}" for c in runs.read_run(run).classes]].to_numpy()
+    table = next(d.value for d in at.dataframe if "thumbnail" in d.value.columns)
+    assert np.allclose(sorted(table["confidence"]), sorted(detector.calibrated(raw).max(1)))
+    assert not np.allclose(sorted(table["confidence"]), sorted(stored["confidence"]))
+    assert "the table above show the calibrated percentages" in _text(at)
     assert "Calibration error: the average gap" in _text(at)
     assert any(
         getattr(c, "key", None) == "reliability" or "reliability" in str(c.proto.id)
