@@ -276,7 +276,8 @@ def test_predict_page_offers_the_acceptance_level_and_says_what_other_photos_get
     _with_run(sample_run, tmp_path)
     at = _run("pages/4_Predict.py")
     assert "doesn't look like any of these" in _text(at)
-    assert "too few validation photos to calibrate them" in _text(at)  # the sample: 31 validation images
+    # the sample has 31 validation images, but its temperature comes from out-of-fold heads too
+    assert "the percentages are calibrated" in _text(at)
     slider = at.select_slider(key="p_accept")
     assert slider.value == 0.99 and "95% (about 1 in 20 real photos refused)" in slider.options
     slider.set_value(0.95).run()
