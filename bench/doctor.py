@@ -21,7 +21,6 @@ Prints one JSON line at the end. Datasets are built under --work (never committe
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from lib.doctor import examine as doctor  # noqa: E402
 from lib.doctor import features as doctor_features  # noqa: E402
+from tests.doctor.conftest import near_copy  # noqa: E402  (the tests' planted copy: one recipe)
 
 WEIGHTS = "bundled"
 
@@ -83,15 +83,6 @@ def build_flipped(source: Path, out: Path, seed: int, fraction: float = 0.05) ->
         if i in flip:
             flipped.add(f"{cls}/{name}")
     return flipped
-
-
-def near_copy(img: Image.Image) -> bytes:
-    w, h = img.size
-    dx, dy = int(w * 0.05), int(h * 0.05)
-    small = img.crop((dx, dy, w, h)).resize(((w - dx) // 2, (h - dy) // 2), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    small.convert("RGB").save(buf, format="JPEG", quality=70)
-    return buf.getvalue()
 
 
 def build_clean(source: Path, out: Path, target: int = 3000) -> list[str]:

@@ -3,7 +3,6 @@ stored evaluation key; undo; CSV round trip; the user's files never touched."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -13,20 +12,12 @@ from lib.data import curation
 from lib.data.scan import health_report, load_scan, scan
 from lib.errors import UserError
 from lib.train.items import training_data
+from tests.doctor.conftest import folder_hash
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def folder_hash(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        h.update(str(p.relative_to(root)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture
