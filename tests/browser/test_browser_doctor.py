@@ -63,6 +63,15 @@ def test_map_click_and_lasso_show_those_images(app_url, page):
     page.mouse.up()
     page.get_by_text(f"{inside} images selected on the map").wait_for(timeout=60_000)
     wait_for_app(page)
+    # the caption arrives before its images (Streamlit streams the gallery): wait for them to come
+    expected = min(inside, 60)
+    try:
+        page.wait_for_function(
+            f"() => document.querySelectorAll('[data-testid=\"stImage\"]').length >= {expected}",
+            timeout=60_000,
+        )
+    except Exception:
+        save_screenshot(page, "doctor-lasso-failed")
     shown = page.locator('[data-testid="stImage"]')
-    assert shown.count() >= min(inside, 60)
+    assert shown.count() >= expected
     save_screenshot(page, "doctor-map")
