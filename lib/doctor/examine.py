@@ -86,11 +86,7 @@ def examine(
     feats = features.compute(
         scan, base=base, weights=weights, image_size=image_size, progress=progress, should_stop=should_stop
     )
-    data = feats.data
     decided = curation.decisions(scan.root)
-    classes = data.classes
-    labels = data.labels
-    rel = data.relpaths
 
     def decision(path: str) -> dict[str, str]:
         d = decided.get(path)
@@ -99,6 +95,44 @@ def examine(
         return {"decision": d.action, **({"decided_label": d.label} if d.action == "relabel" else {})}
 
     notes: list[str] = []
+    label_rows, skipped = _suspect_labels(feats, decision, notes)
+    near = findings.neighbours(
+        findings.similarity_space(feats.array),
+        pairs_in=findings.normed(feats.array, center=True),
+        layouts=findings.layout(feats.thumbs),
+    )
+    return Report(
+        root=Path(scan.root),
+        classes=list(feats.data.classes),
+        images=len(feats.data.relpaths),
+        label_issues=label_rows,
+        near_duplicates=_near_duplicates(feats, near, decision, notes),
+        outliers=_outliers(feats, near, decision),
+        notes=notes,
+        skipped_classes=skipped,
+        features={
+            "base": feats.base,
+            "weights": feats.weights if not Path(feats.weights).is_absolute() else "file",
+            "image_size": feats.image_size,
+            "cache": "hit" if feats.hit else "computed",
+            "seconds": round(feats.seconds, 2),
+            "note": feats.note,
+        },
+        seconds=time.perf_counter() - start,
+        options={"base": base, "weights": weights, "image_size": image_size},
+    )
+
+
+Decision = Callable[[str], dict[str, str]]
+
+
+def _suspect_labels(
+    feats: features.DoctorFeatures, decision: Decision, notes: list[str]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Ranked suspect labels (most suspect first) and the classes too small to cross-validate;
+    what could not be checked is added to `notes`."""
+    data = feats.data
+    classes, labels, rel = data.classes, data.labels, data.relpaths
     issues = findings.label_issues(feats.array, labels, len(classes))
     skipped = [classes[c] for c in issues.skipped]
     shown = readable_labels(classes)
@@ -115,7 +149,7 @@ def examine(
         )
         if len(classes) - len(skipped) < 2:
             notes.append("Fewer than two classes are big enough: no suspect labels.")
-    label_rows = [
+    rows = [
         {
             "path": rel[i],
             "given": classes[labels[i]],
@@ -126,12 +160,15 @@ def examine(
         }
         for i, s, score in zip(issues.ranked, issues.suggested, issues.scores, strict=True)
     ]
+    return rows, skipped
 
-    near = findings.neighbours(
-        findings.similarity_space(feats.array),
-        pairs_in=findings.normed(feats.array, center=True),
-        layouts=findings.layout(feats.thumbs),
-    )
+
+def _near_duplicates(
+    feats: features.DoctorFeatures, near: findings.Neighbours, decision: Decision, notes: list[str]
+) -> list[dict[str, Any]]:
+    """Candidate pairs whose thumbnails match, best match first, with their kind."""
+    data = feats.data
+    classes, labels, rel = data.classes, data.labels, data.relpaths
     matched = findings.match(feats.thumbs, near.a, near.b)
     keep = matched >= findings.MATCH
     order = np.argsort(-matched[keep], kind="stable")
@@ -142,7 +179,7 @@ def examine(
             f"Some images look like more than {findings.MAX_PAIRS_PER_IMAGE} others: only the "
             f"{findings.MAX_PAIRS_PER_IMAGE} most similar were checked for copies."
         )
-    dup_rows = [
+    return [
         {
             "a": rel[a],
             "b": rel[b],
@@ -158,40 +195,27 @@ def examine(
         }
         for a, b, s, m in zip(pair_a, pair_b, pair_s, pair_m, strict=True)
     ]
+
+
+def _outliers(
+    feats: features.DoctorFeatures, near: findings.Neighbours, decision: Decision
+) -> list[dict[str, Any]]:
+    """Images far from every class (robust z-score of a local outlier factor), most unusual first."""
+    data = feats.data
     score, zscore = findings.outlier_scores(near.knn, near.nearest)
     flagged = np.flatnonzero(zscore > findings.OUTLIER_Z)
     flagged = flagged[np.argsort(-zscore[flagged], kind="stable")]
-    outlier_rows = [
+    return [
         {
-            "path": rel[i],
+            "path": data.relpaths[i],
             "score": round(float(score[i]), 4),
             "z": round(float(zscore[i]), 2),
-            "class": classes[labels[i]],
+            "class": data.classes[data.labels[i]],
             "split": str(data.splits[i]),
-            **decision(rel[i]),
+            **decision(data.relpaths[i]),
         }
         for i in flagged
     ]
-    return Report(
-        root=Path(scan.root),
-        classes=list(classes),
-        images=len(rel),
-        label_issues=label_rows,
-        near_duplicates=dup_rows,
-        outliers=outlier_rows,
-        notes=notes,
-        skipped_classes=skipped,
-        features={
-            "base": feats.base,
-            "weights": feats.weights if not Path(feats.weights).is_absolute() else "file",
-            "image_size": feats.image_size,
-            "cache": "hit" if feats.hit else "computed",
-            "seconds": round(feats.seconds, 2),
-            "note": feats.note,
-        },
-        seconds=time.perf_counter() - start,
-        options={"base": base, "weights": weights, "image_size": image_size},
-    )
 
 
 def embedding_map(
