@@ -546,6 +546,20 @@ PIXEL_CATALOGUE = [
            refusal=r"too large to decode safely: a 7000x7000 WEBP image needs about 800 MB of memory, "
                    r"the limit is 220 MB"),
     Attack("pixels-webp-at-the-decode-limit", file("edge.webp", lambda: webp(3500, 3600)), "decoder", memory=True),
+    # libjpeg holds every coefficient of a multi-scan JPEG (2 bytes a pixel per full-size component)
+    Attack("pixels-jpeg-progressive-444", file("bomb.jpg", lambda: jpeg(*UNDER, ((1, 1),) * 3, progressive=True)),
+           "decoder", refusal=r"too large to decode safely: a 7000x7000 JPEG image in colour needs about 313 MB"),
+    Attack("pixels-jpeg-progressive-cmyk", file("bomb.jpg", lambda: jpeg(*UNDER, ((1, 1),) * 4, progressive=True)),
+           "decoder", refusal=r"too large to decode safely: a 7000x7000 JPEG image in CMYK needs about 411 MB"),
+    Attack("pixels-jpeg-multi-scan-444", file("bomb.jpg", lambda: jpeg(*UNDER, ((1, 1),) * 3, multiscan=True)),
+           "decoder", refusal=r"a 7000x7000 JPEG image in colour needs about 313 MB of memory, the limit is 220 MB "
+                              r"\(about 34 megapixels for this kind of image\)"),
+    Attack("pixels-jpeg-multi-scan-420", file("bomb.jpg", lambda: jpeg(*UNDER, ((2, 2), (1, 1), (1, 1)),
+                                                                        multiscan=True)), "decoder", memory=True),
+    Attack("pixels-jpeg-progressive-grey", file("bomb.jpg", lambda: jpeg(*UNDER, progressive=True)), "decoder",
+           memory=True),
+    Attack("pixels-jpeg-progressive-444-at-the-decode-limit", file("edge.jpg", lambda: jpeg(
+               5600, 5600, ((1, 1),) * 3, progressive=True)), "decoder", memory=True),
     Attack("pixels-over-limit-through-predict", photo("bomb.png", lambda: png(*OVER, 8, 0)), "predict",
            refusal=r"too large: 7072x7072 is 50 megapixels"),
 ]  # fmt: skip

@@ -54,9 +54,12 @@ MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N"
 # WebP through Pillow: libwebp's two canvases (curr + prev-disposed, 4 B/px each) + the bytes copy
 # returned by get_next (4 B/px) + the Pillow image (4 B/px): measured ~16 B/px at the peak.
 WEBP_BYTES_PER_PX = 16
-# Progressive JPEG: libjpeg keeps every DCT coefficient (2 bytes x 64 per block per component),
-# whatever the draft scale: ~3 B/px for 4:2:0 YCbCr, up to 8 for 4:4:4:4 CMYK.
-JPEG_PROGRESSIVE_BYTES_PER_PX = 3
+# JPEG with more than one scan (progressive, or a baseline file whose first scan holds fewer
+# components than the image): libjpeg keeps every DCT coefficient of the whole image during the load
+# (64 x 2 bytes per 8x8 block of each component, whatever the draft scale): 3 B/px for 4:2:0 YCbCr,
+# 6 for 4:4:4, 8 for CMYK. A one-scan baseline file decodes row by row instead.
+JPEG_BLOCK_BYTES = 128
+JPEG_MARKER_BYTES = 1 << 20  # how far markers are read for the first scan (EXIF, ICC and tables come first)
 EXTRA_BYTES = 16 * MB  # strips, reduced image, decoder state
 
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -284,8 +287,70 @@ def _png16_to_l(im: Image.Image) -> bool:
     return True
 
 
-def _is_progressive_jpeg(im: Image.Image) -> bool:
-    return im.format in ("JPEG", "MPO") and bool(im.info.get("progressive") or im.info.get("progression"))
+def _jpeg_layout(fp: io.BufferedIOBase) -> tuple[list[tuple[int, int]], bool] | None:
+    """Each component's (h, v) sampling factors and whether libjpeg buffers the whole image's
+    coefficients (progressive, or a first scan with fewer components than the frame), read from the
+    markers before the first scan; None when they are not found there."""
+    data = fp.read(JPEG_MARKER_BYTES)
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    sampling: list[tuple[int, int]] | None = None
+    progressive = False
+    i = 2
+    try:
+        while i + 4 <= len(data):
+            if data[i] != 0xFF or data[i + 1] == 0xFF:  # stray or fill bytes: libjpeg skips them too
+                i += 1
+                continue
+            marker = data[i + 1]
+            if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+                i += 2
+                continue
+            if marker == 0xD9:  # the end, before any scan
+                return None
+            length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+            seg = data[i + 4 : i + 2 + length]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+                sampling = [(seg[7 + 3 * k] >> 4, seg[7 + 3 * k] & 15) for k in range(seg[5])]
+                progressive = marker in (0xC2, 0xC6, 0xCA, 0xCE)
+            elif marker == 0xDA:  # the first scan
+                return (sampling, progressive or seg[0] < len(sampling)) if sampling else None
+            i += 2 + length
+    except (IndexError, struct.error):
+        return None
+    return None
+
+
+def _jpeg_coefficient_bytes(w: int, h: int, sampling: list[tuple[int, int]]) -> int:
+    """libjpeg's whole-image coefficient buffer (jdcoefct.c): each component's blocks, rounded up to
+    its sampling factors, 128 bytes each."""
+    hmax = max(1, *(hs for hs, _ in sampling))
+    vmax = max(1, *(vs for _, vs in sampling))
+    total = 0
+    for hs, vs in sampling:
+        hs, vs = max(1, hs), max(1, vs)
+        bw = math.ceil(math.ceil(w * hs / (hmax * 8)) / hs) * hs  # blocks across, whole MCUs
+        bh = math.ceil(math.ceil(h * vs / (vmax * 8)) / vs) * vs
+        total += bw * bh * JPEG_BLOCK_BYTES
+    return total
+
+
+def _jpeg_buffered_bytes(im: Image.Image) -> int:
+    """Bytes libjpeg holds for coefficients while the file loads (0 for a one-scan baseline file)."""
+    fw, fh = getattr(im, "_jpeg_full_size", im.size)
+    layout = None
+    try:
+        pos = im.fp.tell()  # type: ignore[union-attr]
+        im.fp.seek(0)  # type: ignore[union-attr]
+        layout = _jpeg_layout(im.fp)  # type: ignore[arg-type]
+        im.fp.seek(pos)  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):
+        pass
+    if layout is None:  # markers not where expected: assume the worst, every component at full size
+        progressive = bool(im.info.get("progressive") or im.info.get("progression"))
+        layout = ([(1, 1)] * len(im.getbands()), progressive)
+    sampling, buffered = layout
+    return _jpeg_coefficient_bytes(fw, fh, sampling) if buffered else 0
 
 
 def _estimate(im: Image.Image, *, full_output: bool) -> int:
@@ -297,9 +362,8 @@ def _estimate(im: Image.Image, *, full_output: bool) -> int:
     if im.format == "WEBP":
         load = px * WEBP_BYTES_PER_PX
         held = px * 8  # the Pillow image + libwebp's frame copy once the canvases are freed
-    elif _is_progressive_jpeg(im):
-        fw, fh = getattr(im, "_jpeg_full_size", im.size)
-        load += fw * fh * JPEG_PROGRESSIVE_BYTES_PER_PX  # freed when the load ends
+    elif im.format in ("JPEG", "MPO"):
+        load += _jpeg_buffered_bytes(im)  # freed when the load ends
     if full_output:
         held += px * 3  # the HxWx3 result
     return max(load, held) + EXTRA_BYTES
@@ -319,7 +383,7 @@ _KIND = {
 def _check_bytes(im: Image.Image, need: int, max_bytes: int) -> None:
     if need <= max_bytes:
         return
-    w, h = im.size
+    w, h = getattr(im, "_jpeg_full_size", im.size)  # a JPEG's size before draft scaling
     per_px = max(1.0, (need - EXTRA_BYTES) / (w * h))
     mp = max(0.0, max_bytes - EXTRA_BYTES) / per_px / 1e6
     kind = f"{im.format} image{_KIND.get(im.mode, '') if im.format != 'WEBP' else ''}"
