@@ -296,18 +296,22 @@ def raw_zip(members: list[Member], *, count: int | None = None) -> bytes:
 
 
 def many_entries_zip(n: int, *, declared: int | None = None) -> bytes:
-    """A zip listing n empty folders (48 bytes each), its end record saying `declared` (zip64 past
-    65,535): a million entries in 48 MB, written in milliseconds."""
+    """A zip listing n empty folders (48 bytes each, all pointing at one local header), its end
+    record saying `declared` (zip64 past 65,535): a million entries in 48 MB, in milliseconds."""
+    local = struct.pack("<4s5H3I2H", b"PK\x03\x04", 20, 0, 0, 0, 0x21, 0, 0, 0, 2, 0) + b"d/"
     record = struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 0x314, 20, 0, 0, 0, 0x21, 0, 0, 0, 2, 0, 0, 0, 0,
                          (stat.S_IFDIR | 0o755) << 16 | 0x10, 0) + b"d/"  # fmt: skip
     central = record * n
     declared = n if declared is None else declared
     if declared <= 0xFFFF:
-        return central + struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, declared, declared, len(central), 0, 0)
-    z64 = struct.pack("<4sQ2H2I4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, declared, declared, len(central), 0)
-    locator = struct.pack("<4sIQI", b"PK\x06\x07", 0, len(central), 1)
+        end = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, declared, declared, len(central), len(local), 0)
+        return local + central + end
+    z64 = struct.pack(
+        "<4sQ2H2I4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, declared, declared, len(central), len(local)
+    )
+    locator = struct.pack("<4sIQI", b"PK\x06\x07", 0, len(local) + len(central), 1)
     end = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
-    return central + z64 + locator + end
+    return local + central + z64 + locator + end
 
 
 def zip_of(entries: dict[str, bytes]) -> bytes:
@@ -414,11 +418,36 @@ def via_direct(made: Any, tmp: Path) -> Outcome:
     return made if isinstance(made, Outcome) else Outcome(True, value=made)
 
 
+def unparsed(runner: Callable[[Any, Path], Outcome]) -> Callable[[Any, Path], Outcome]:
+    """The runner, failing if zipfile built even one entry object: the limit came before parsing."""
+
+    def run(made: Any, tmp: Path) -> Outcome:
+        built = [0]
+        original = zipfile.ZipInfo
+
+        class Counted(original):  # type: ignore[misc, valid-type]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                built[0] += 1
+                super().__init__(*args, **kwargs)
+
+        zipfile.ZipInfo = Counted  # type: ignore[misc]
+        try:
+            outcome = runner(made, tmp)
+        finally:
+            zipfile.ZipInfo = original  # type: ignore[misc]
+        assert built[0] == 0, f"zipfile parsed {built[0]:,} entries before the limit was checked"
+        return outcome
+
+    return run
+
+
 RUNNERS: dict[str, Callable[[Any, Path], Outcome]] = {
     "decoder": via_decoder,
     "scan": via_scan,
     "predict": via_predict,
+    "predict-unparsed": unparsed(via_predict),
     "upload": via_upload,
+    "upload-unparsed": unparsed(via_upload),
     "labels": via_direct,
     "workspace": via_direct,
 }
@@ -682,6 +711,14 @@ ZIP_CATALOGUE = [
     Attack("zip-nested-zip-named-png-through-predict", photo("photos.zip", lambda: zip_of(
                {"a.png": small_png(), "inner.png": zip_of({"b.png": small_png()})})), "predict",
            check=_predict_refuses_inner),
+    Attack("zip-a-million-folders", upload(lambda: many_entries_zip(1_000_000)), "upload-unparsed", env=HOSTED,
+           refusal=r"The zip holds 1,000,000 files and folders; the limit is 5,000\."),
+    Attack("zip-a-million-folders-end-record-says-one", upload(lambda: many_entries_zip(1_000_000, declared=1)),
+           "upload-unparsed", env=HOSTED, refusal=r"The zip holds more than 5,000 files and folders; the limit is 5,000\."),
+    Attack("zip-a-million-folders-through-predict", photo("photos.zip", lambda: many_entries_zip(1_000_000)),
+           "predict-unparsed", refusal=r"The zip file lists 1,000,000 files and folders; the limit is 20,000\."),
+    Attack("zip-a-million-folders-end-record-says-one-through-predict", photo("photos.zip", lambda: many_entries_zip(
+               1_000_000, declared=1)), "predict-unparsed", refusal=r"lists more than 20,000 files and folders"),
     Attack("zip-traversal-dotdot", upload(lambda: dataset_zip(Member("../evil.png", b"x"))), "upload", env=HOSTED,
            refusal=r"The zip has a path that leaves its folder \(\.\./evil\.png\)"),
     Attack("zip-traversal-inside-a-folder", upload(lambda: dataset_zip(Member("photos/red/../../../evil.png", b"x"))),
