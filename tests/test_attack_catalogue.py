@@ -618,6 +618,16 @@ def _frames_capped(path: Path) -> None:
     assert info.frames == images.GIF_FRAME_CAP  # counted up to the cap, never walked to the end
 
 
+TEXT_TOO_LARGE = re.escape(
+    "The image's metadata is too large once unpacked (a PNG text block or colour profile over 1 MB, or 64 MB of "
+    "text in all): save a copy without its metadata."
+)
+METADATA_TOO_LARGE = (
+    r"The image carries {} MB of metadata \(EXIF, colour profile, text or comments\) besides its pixels; "
+    r"the limit is 16 MB: save a copy without its metadata\."
+)
+
+
 def _bad_crc(data: bytes, cid: bytes) -> bytes:
     at = data.index(cid)
     length = struct.unpack(">I", data[at - 4 : at])[0]
@@ -657,6 +667,28 @@ FORMAT_CATALOGUE = [
                png(640, 480, 8, 2))), "scan", refusal=r"The image is corrupt or truncated"),
     Attack("format-truncated-jpeg", file("cut.jpg", lambda: (lambda d: d[: len(d) // 2])(
                jpeg(640, 480, ((1, 1),) * 3))), "decoder", refusal=r"The image is corrupt or truncated"),
+    # PNG text and profiles: Pillow unpacks each to 1 MB at most and holds 64 MB of text in all
+    Attack("format-png-ztxt-bomb-before-the-pixels", file("text.png", lambda: png(64, 48, before=[
+               _ztxt(50 * MB)])), "decoder", refusal=TEXT_TOO_LARGE),
+    Attack("format-png-ztxt-bomb-after-the-pixels-scanned", in_dataset("text.png", lambda: png(64, 48, after=[
+               _ztxt(50 * MB)])), "scan", refusal=TEXT_TOO_LARGE),
+    Attack("format-png-ztxt-bomb-after-the-pixels-through-predict", photo("text.png", lambda: png(64, 48, after=[
+               _ztxt(50 * MB)])), "predict", refusal=TEXT_TOO_LARGE),
+    Attack("format-png-65-text-chunks-of-1mb-after-the-pixels", in_dataset("text.png", lambda: png(64, 48, after=[
+               _ztxt(MIB, b"k%d" % i) for i in range(65)])), "scan", refusal=TEXT_TOO_LARGE),
+    Attack("format-png-iccp-bomb", file("icc.png", lambda: png(64, 48, before=[_chunk(b"iCCP", b"icc\0\0" + _zlib_zeros(
+               50 * MB))])), "decoder", refusal=TEXT_TOO_LARGE),
+    # metadata Pillow reads whole on opening: refused from the file's structure, before it does
+    Attack("metadata-png-20mb-text-chunk", file("meta.png", lambda: png(64, 48, before=[_chunk(
+               b"tEXt", b"Comment\0" + bytes(20 * MB))])), "decoder", refusal=METADATA_TOO_LARGE.format("20")),
+    Attack("metadata-png-20mb-private-chunk-after-the-pixels-scanned", in_dataset("meta.png", lambda: png(
+               64, 48, after=[_chunk(b"prVt", bytes(20 * MB))])), "scan", refusal=METADATA_TOO_LARGE.format("20")),
+    Attack("metadata-jpeg-320-app-segments", file("meta.jpg", lambda: (lambda j: j[:2] + (
+               b"\xff\xef" + struct.pack(">H", 65535) + bytes(65533)) * 320 + j[2:])(jpeg(64, 48, ((1, 1),) * 3))),
+           "decoder", refusal=METADATA_TOO_LARGE.format("more than 16")),
+    Attack("metadata-gif-20mb-comment", file("meta.gif", lambda: (lambda g: g[:25] + b"\x21\xfe" + (
+               b"\xff" + bytes(255)) * 80_000 + b"\x00" + g[25:])(gif(64, 48))), "decoder",
+           refusal=METADATA_TOO_LARGE.format("more than 16")),
     Attack("format-png-bad-crc-in-pixel-data", in_dataset("crc.png", lambda: _bad_crc(png(640, 480), b"IDAT")),
            "scan", refusal=r"corrupt or truncated \(bad checksum in PNG chunk IDAT\)"),
 ]  # fmt: skip

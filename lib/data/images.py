@@ -14,6 +14,10 @@ Memory is bounded, because uploads are untrusted (a 95 KB PNG can claim 7000 x 7
   no full-size composite or rotated copy;
 - a process-wide byte budget (settings.decode_budget_mb()) makes parallel decodes wait their turn,
   so a batch of threads never holds more than that in decoded pixels.
+- metadata Pillow reads whole when it opens a file (EXIF, colour profiles, text, comments: a 64 x 48
+  PNG with a 300 MB text chunk cost 1 GB) is counted from the file's structure first and refused
+  above METADATA_MAX_BYTES, and Pillow's PNG text limits are applied wherever the chunks sit, so the
+  scan refuses what the decoder would refuse after the pixels.
 Measured (research in docs/DECODING.md): a 16-bit 7000 x 7000 PNG drops from 1.27 GB to 54 MB, a
 zip of 16 such images decoded by 4 threads from ~5 GB to ~430 MB.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import io
 import math
+import os
 import struct
 import threading
 import zlib
@@ -32,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 from lib import settings
 from lib.errors import ImageError
@@ -61,6 +66,10 @@ WEBP_BYTES_PER_PX = 16
 JPEG_BLOCK_BYTES = 128
 JPEG_MARKER_BYTES = 1 << 20  # how far markers are read for the first scan (EXIF, ICC and tables come first)
 EXTRA_BYTES = 16 * MB  # strips, reduced image, decoder state
+# What a PNG, JPEG or GIF may carry besides its pixels (EXIF, colour profile, text, comments): Pillow
+# reads all of it into memory when the file is opened (2 to 3.5 times its size), so it is walked and
+# counted first. Camera and editor files carry well under 1 MB.
+METADATA_MAX_BYTES = 16 * MB
 
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
@@ -197,6 +206,151 @@ def _webp_canvas(h: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _metadata_too_large(n: int, *, walked: bool = True) -> ImageError:
+    amount = f"{n / MB:,.0f} MB" if walked else f"more than {METADATA_MAX_BYTES / MB:.0f} MB"
+    return ImageError(
+        f"The image carries {amount} of metadata (EXIF, colour profile, text or comments) besides "
+        f"its pixels; the limit is {METADATA_MAX_BYTES / MB:.0f} MB: save a copy without its metadata."
+    )
+
+
+_TEXT_TOO_LARGE = (
+    f"The image's metadata is too large once unpacked (a PNG text block or colour profile over "
+    f"{PngImagePlugin.MAX_TEXT_CHUNK / 2**20:.0f} MB, or {PngImagePlugin.MAX_TEXT_MEMORY / 2**20:.0f} MB of "
+    "text in all): save a copy without its metadata."
+)
+
+
+def _inflate_text(data: bytes) -> bytes | None:
+    """A PNG text block or profile unpacked as Pillow does (None: over its MAX_TEXT_CHUNK)."""
+    z = zlib.decompressobj()
+    try:
+        out = z.decompress(data, PngImagePlugin.MAX_TEXT_CHUNK)
+    except zlib.error:
+        return b""  # Pillow ignores a block it can't unpack
+    return None if z.unconsumed_tail else out
+
+
+def _png_text_bytes(cid: bytes, data: bytes) -> int:
+    """The text Pillow keeps from one tEXt/zTXt/iTXt chunk (bytes), ImageError where Pillow refuses."""
+    key, _, value = data.partition(b"\0")
+    if cid == b"iCCP" or cid == b"zTXt":
+        if value[:1] not in (b"", b"\0"):
+            raise ImageError(f"The image is corrupt (unknown compression in its PNG {cid.decode()} block).")
+        value = _inflate_text(value[1:]) if cid == b"iCCP" or value else b""
+        if value is None:
+            raise ImageError(_TEXT_TOO_LARGE)
+        return 0 if cid == b"iCCP" or not key else len(value)
+    if cid == b"iTXt":
+        if len(value) < 2:
+            return 0
+        compressed, method, parts = value[0], value[1], value[2:].split(b"\0", 2)
+        if len(parts) < 3:
+            return 0
+        value = parts[2]
+        if compressed:
+            if method != 0:
+                return 0
+            value = _inflate_text(value)
+            if value is None:
+                raise ImageError(_TEXT_TOO_LARGE)
+    return len(value) if key else 0
+
+
+def _png_metadata(fh: io.BufferedIOBase) -> None:
+    """Walk a PNG's chunks (headers only, pixel data skipped): refuse more than METADATA_MAX_BYTES of
+    other chunks, then apply Pillow's text limits to the text and profile chunks wherever they are,
+    so a file the decoder would refuse after its pixels is refused by the scan too."""
+    fh.seek(8)
+    total, packed = 0, []
+    while True:
+        hdr = fh.read(8)
+        if len(hdr) < 8:
+            break  # a truncated file is the decoder's to report
+        length, cid = struct.unpack(">I", hdr[:4])[0], hdr[4:8]
+        if cid == b"IEND":
+            break
+        if cid not in (b"IDAT", b"fdAT"):
+            total += length
+            if cid in (b"tEXt", b"zTXt", b"iTXt", b"iCCP"):
+                packed.append((cid, fh.tell(), length))
+        fh.seek(length + 4, os.SEEK_CUR)
+    if total > METADATA_MAX_BYTES:
+        raise _metadata_too_large(total)
+    text = 0
+    for cid, at, length in packed:
+        fh.seek(at)
+        text += _png_text_bytes(cid, fh.read(length))
+        if text > PngImagePlugin.MAX_TEXT_MEMORY:
+            raise ImageError(_TEXT_TOO_LARGE)
+
+
+def _jpeg_metadata(fh: io.BufferedIOBase) -> None:
+    """Walk a JPEG's segments before its first scan (APPn, COM, tables; headers only): Pillow keeps
+    every one of them, up to 64 KB each and as many as the file holds."""
+    fh.seek(2)
+    total = 0
+    while total <= METADATA_MAX_BYTES:
+        b = fh.read(1)
+        if not b:
+            return
+        if b != b"\xff":
+            total += 1  # stray bytes: skipped, but they count
+            continue
+        marker = fh.read(1)
+        if not marker or marker == b"\xff":
+            if marker:
+                fh.seek(-1, os.SEEK_CUR)  # a fill byte: the marker follows
+            continue
+        if marker in (b"\xda", b"\xd9"):  # the first scan, or the end
+            return
+        if marker == b"\x01" or b"\xd0" <= marker <= b"\xd8":
+            continue
+        size = fh.read(2)
+        if len(size) < 2:
+            return
+        length = struct.unpack(">H", size)[0]
+        total += length
+        fh.seek(length - 2, os.SEEK_CUR)
+    raise _metadata_too_large(total, walked=False)
+
+
+def _gif_metadata(fh: io.BufferedIOBase) -> None:
+    """Walk a GIF's extension blocks before its first image (sizes only): Pillow joins every comment."""
+    head = fh.read(13)
+    if len(head) < 13:
+        return
+    if head[10] & 0x80:
+        fh.seek(3 * (2 << (head[10] & 7)), os.SEEK_CUR)
+    total = 0
+    while total <= METADATA_MAX_BYTES:
+        b = fh.read(1)
+        if b != b"\x21":  # an image (or the end, or junk): the decoder takes it from here
+            return
+        fh.read(1)  # the extension's label
+        while total <= METADATA_MAX_BYTES:
+            ln = fh.read(1)
+            if not ln or ln == b"\0":
+                break
+            total += ln[0]
+            fh.seek(ln[0], os.SEEK_CUR)
+    raise _metadata_too_large(total, walked=False)
+
+
+def _check_metadata(fh: io.BufferedIOBase, head: bytes) -> None:
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        _png_metadata(fh)
+    elif head.startswith(b"\xff\xd8"):
+        _jpeg_metadata(fh)
+    elif head.startswith((b"GIF87a", b"GIF89a")):
+        _gif_metadata(fh)
+
+
+def _plain(exc: BaseException, lead: str) -> str:
+    """Pillow's error in words: its text limits get their own sentence."""
+    return _TEXT_TOO_LARGE if "MAX_TEXT" in str(exc) else f"{lead} ({exc})."
+
+
 def _too_large(w: int, h: int, max_pixels: int) -> ImageError:
     return ImageError(
         f"The image is too large: {w}x{h} is {w * h / 1e6:.0f} megapixels, the limit is {max_pixels / 1e6:.0f}."
@@ -222,6 +376,15 @@ def _open(source: str | Path | bytes, max_pixels: int, max_bytes: int | None = N
     reason = sniff(head)
     if reason:
         raise ImageError(reason)
+    try:  # metadata Pillow would read whole: counted from the file's structure first
+        if isinstance(fp, io.BytesIO):
+            _check_metadata(fp, head)
+            fp.seek(0)
+        else:
+            with open(fp, "rb") as fh:  # type: ignore[call-overload]
+                _check_metadata(fh, head)
+    except OSError as exc:
+        raise ImageError(f"The file cannot be read ({exc.strerror or exc}).") from exc
     canvas = _webp_canvas(head)
     if canvas and canvas[0] * canvas[1] > max_pixels:
         raise _too_large(*canvas, max_pixels)
@@ -240,7 +403,7 @@ def _open(source: str | Path | bytes, max_pixels: int, max_bytes: int | None = N
     except UnidentifiedImageError as exc:
         raise ImageError(f"This is not an image file (or its format is not supported): {_ASK}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        raise ImageError(f"The file cannot be read ({exc}).") from exc
+        raise ImageError(_plain(exc, "The file cannot be read")) from exc
     w, h = im.size
     if w * h > max_pixels:
         im.close()
@@ -589,7 +752,7 @@ def _run(
     except MemoryError as exc:
         raise ImageError("The image is too large to open with the memory available.") from exc
     except _DECODE_ERRORS as exc:
-        raise ImageError(f"The image is corrupt or truncated ({exc}).") from exc
+        raise ImageError(_plain(exc, "The image is corrupt or truncated")) from exc
     finally:
         im.close()
     if small.size != final or box != (0.0, 0.0, *final):
@@ -792,7 +955,7 @@ def inspect(
     except ImageError:
         raise
     except _DECODE_ERRORS as exc:
-        raise ImageError(f"The image is corrupt or truncated ({exc}).") from exc
+        raise ImageError(_plain(exc, "The image is corrupt or truncated")) from exc
     finally:
         im.close()
     return ImageInfo(width=w, height=h, format=fmt, mode=mode, frames=frames)
