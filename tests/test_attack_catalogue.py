@@ -608,6 +608,9 @@ FRAME_CATALOGUE = [
            "decoder", check=decoded),
     Attack("frames-webp-animated-100k-frames", file("many.webp", lambda: webp_anim(64, 48, 100_000)), "decoder",
            memory=True),
+    Attack("frames-webp-animated-1.2-million-frames", file("many.webp", lambda: webp_anim(64, 48, 1_200_000)),
+           "decoder", refusal=r"too large to decode safely: a 64x48 WEBP image of 48 MB needs about 256 MB of "
+                              r"memory, the limit is 220 MB\."),
     Attack("frames-webp-animated-canvas-16384", file("canvas.webp", lambda: webp_anim(16384, 16384, 1)),
            "decoder", refusal=r"too large: 16384x16384 is 268 megapixels"),
 ]  # fmt: skip

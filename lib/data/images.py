@@ -59,6 +59,11 @@ MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N"
 # WebP through Pillow: libwebp's two canvases (curr + prev-disposed, 4 B/px each) + the bytes copy
 # returned by get_next (4 B/px) + the Pillow image (4 B/px): measured ~16 B/px at the peak.
 WEBP_BYTES_PER_PX = 16
+# ... and before that, Pillow reads the whole file (and copies it once) and libwebp indexes every
+# frame of an animation (~100 bytes each, a frame taking 40 bytes of file at the least): measured 2
+# bytes of memory per byte of file for a still image, 4.5 for an animation of 1 x 1 frames.
+WEBP_FILE_FACTOR = 2
+WEBP_ANIMATION_FILE_FACTOR = 5
 # JPEG with more than one scan (progressive, or a baseline file whose first scan holds fewer
 # components than the image): libjpeg keeps every DCT coefficient of the whole image during the load
 # (64 x 2 bytes per 8x8 block of each component, whatever the draft scale): 3 B/px for 4:2:0 YCbCr,
@@ -351,6 +356,10 @@ def _plain(exc: BaseException, lead: str) -> str:
     return _TEXT_TOO_LARGE if "MAX_TEXT" in str(exc) else f"{lead} ({exc})."
 
 
+def _webp_animated(h: bytes) -> bool:
+    return h.startswith(b"RIFF") and h[8:16] == b"WEBPVP8X" and len(h) > 20 and bool(h[20] & 0x02)
+
+
 def _too_large(w: int, h: int, max_pixels: int) -> ImageError:
     return ImageError(
         f"The image is too large: {w}x{h} is {w * h / 1e6:.0f} megapixels, the limit is {max_pixels / 1e6:.0f}."
@@ -359,14 +368,16 @@ def _too_large(w: int, h: int, max_pixels: int) -> ImageError:
 
 def _open(source: str | Path | bytes, max_pixels: int, max_bytes: int | None = None) -> Image.Image:
     if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
+        nbytes = len(source)
+        if nbytes == 0:
             raise ImageError("The file is empty (0 bytes).")
         fp: object = io.BytesIO(source)
         head = bytes(source[:64])
     else:
         path = Path(source)
         try:
-            if path.stat().st_size == 0:
+            nbytes = path.stat().st_size
+            if nbytes == 0:
                 raise ImageError("The file is empty (0 bytes).")
             with open(path, "rb") as fh:
                 head = fh.read(64)
@@ -389,14 +400,18 @@ def _open(source: str | Path | bytes, max_pixels: int, max_bytes: int | None = N
     if canvas and canvas[0] * canvas[1] > max_pixels:
         raise _too_large(*canvas, max_pixels)
     limit = _max_bytes(max_bytes)
-    if canvas and canvas[0] * canvas[1] * WEBP_BYTES_PER_PX + EXTRA_BYTES > limit:
-        # libwebp allocates the whole canvas when the file is opened: refuse from the header
+    file_need = nbytes * (WEBP_ANIMATION_FILE_FACTOR if _webp_animated(head) else WEBP_FILE_FACTOR)
+    if canvas and canvas[0] * canvas[1] * WEBP_BYTES_PER_PX + file_need + EXTRA_BYTES > limit:
+        # libwebp allocates the whole canvas and its index of the frames when the file is opened:
+        # refuse from the header
         w, h = canvas
-        mp = (limit - EXTRA_BYTES) / WEBP_BYTES_PER_PX / 1e6
+        need = w * h * WEBP_BYTES_PER_PX + file_need + EXTRA_BYTES
+        of = f" of {nbytes / MB:,.0f} MB" if file_need * 4 >= need else ""
+        mp = (limit - EXTRA_BYTES - file_need) / WEBP_BYTES_PER_PX / 1e6
+        hint = f" (about {mp:.0f} megapixels for this kind of image)" if mp >= 1 else ""
         raise ImageError(
-            f"The image is too large to decode safely: a {w}x{h} WEBP image needs about "
-            f"{(w * h * WEBP_BYTES_PER_PX + EXTRA_BYTES) / MB:.0f} MB of memory, the limit is "
-            f"{limit / MB:.0f} MB (about {mp:.0f} megapixels for this kind of image)."
+            f"The image is too large to decode safely: a {w}x{h} WEBP image{of} needs about "
+            f"{need / MB:.0f} MB of memory, the limit is {limit / MB:.0f} MB{hint}."
         )
     try:
         im = Image.open(fp, formats=PLUGINS)  # type: ignore[arg-type]
@@ -404,6 +419,7 @@ def _open(source: str | Path | bytes, max_pixels: int, max_bytes: int | None = N
         raise ImageError(f"This is not an image file (or its format is not supported): {_ASK}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise ImageError(_plain(exc, "The file cannot be read")) from exc
+    im._file_need = file_need if im.format == "WEBP" else 0  # type: ignore[attr-defined]
     w, h = im.size
     if w * h > max_pixels:
         im.close()
@@ -523,7 +539,7 @@ def _estimate(im: Image.Image, *, full_output: bool) -> int:
     held = px * MODE_BYTES.get(im.mode, 4)
     load = held
     if im.format == "WEBP":
-        load = px * WEBP_BYTES_PER_PX
+        load = px * WEBP_BYTES_PER_PX + getattr(im, "_file_need", 0)
         held = px * 8  # the Pillow image + libwebp's frame copy once the canvases are freed
     elif im.format in ("JPEG", "MPO"):
         load += _jpeg_buffered_bytes(im)  # freed when the load ends
