@@ -568,7 +568,7 @@ PIXEL_CATALOGUE = [
     *(
         Attack(f"pixels-under-limit-{kind}", file(name, lambda make=make: make(*UNDER)), "decoder", memory=True)
         for kind, (name, make) in PIXEL_BOMBS.items()
-        if kind not in ("webp-lossless", "bmp-rle8")
+        if kind != "webp-lossless"
     ),
     # libwebp holds two canvases and a frame copy (16 bytes a pixel): refused from the header
     Attack("pixels-under-limit-webp-lossless", file("bomb.webp", lambda: webp(*UNDER)), "decoder",

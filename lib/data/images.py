@@ -70,6 +70,9 @@ WEBP_ANIMATION_FILE_FACTOR = 5
 # 6 for 4:4:4, 8 for CMYK. A one-scan baseline file decodes row by row instead.
 JPEG_BLOCK_BYTES = 128
 JPEG_MARKER_BYTES = 1 << 20  # how far markers are read for the first scan (EXIF, ICC and tables come first)
+# Run-length BMP: Pillow's decoder (Python) builds the pixels in a bytearray, then copies them to
+# bytes before they reach the image: 2 more bytes per pixel during the load.
+BMP_RLE_BYTES_PER_PX = 2
 EXTRA_BYTES = 16 * MB  # strips, reduced image, decoder state
 # What a PNG, JPEG or GIF may carry besides its pixels (EXIF, colour profile, text, comments): Pillow
 # reads all of it into memory when the file is opened (2 to 3.5 times its size), so it is walked and
@@ -543,6 +546,8 @@ def _estimate(im: Image.Image, *, full_output: bool) -> int:
         held = px * 8  # the Pillow image + libwebp's frame copy once the canvases are freed
     elif im.format in ("JPEG", "MPO"):
         load += _jpeg_buffered_bytes(im)  # freed when the load ends
+    elif im.format == "BMP" and im.tile and im.tile[0][0] == "bmp_rle":
+        load += px * BMP_RLE_BYTES_PER_PX
     if full_output:
         held += px * 3  # the HxWx3 result
     return max(load, held) + EXTRA_BYTES
