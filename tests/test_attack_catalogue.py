@@ -882,6 +882,11 @@ def _classes(tmp: Path, names: list[str]) -> Path:
 
 
 NAME_CATALOGUE = [
+    Attack("names-formula-folders-and-files-in-the-evaluate-and-doctor-csv", _formula_dataset, "scan",
+           check=_evaluate_and_curation_csv),
+    Attack("names-formula-files-and-classes-in-the-predict-csv", lambda tmp: {
+               "items": [(n, small_png()) for n in FORMULA_FILES], "classes": FORMULA_CLASSES}, "predict",
+           check=_results_csv),
     Attack("names-markup-class-folders", lambda tmp: _classes(tmp, MARKUP_CLASSES), "scan", check=_markup_escaped),
     Attack("names-markup-file-name-through-predict", photo("<img src=x onerror=alert(1)>.png", small_png),
            "predict", check=lambda o, tmp: _markup_name(o)),
