@@ -515,6 +515,16 @@ class Attack:
 
 
 HOSTED = {"STUDIO_HOSTED": "1"}
+# Refusals several entries share.
+CORRUPT_HEADER = r"The image is corrupt or truncated: it starts like a {} file but its header can't be read\."
+TEXT_TOO_LARGE = re.escape(
+    "The image's metadata is too large once unpacked (a PNG text block or colour profile over 1 MB, or 64 MB of "
+    "text in all): save a copy without its metadata."
+)
+METADATA_TOO_LARGE = (
+    r"The image carries {} MB of metadata \(EXIF, colour profile, text or comments\) besides its pixels; "
+    r"the limit is 16 MB: save a copy without its metadata\."
+)
 
 
 def _write(tmp: Path, name: str, data: bytes) -> Path:
@@ -606,6 +616,10 @@ FRAME_CATALOGUE = [
                _chunk(b"acTL", struct.pack(">II", 0x7FFFFFFF, 0)),
                _chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, 64, 48, 0, 0, 1, 10, 0, 0))])),
            "decoder", check=decoded),
+    Attack("frames-apng-frame-larger-than-its-canvas", file("frame.png", lambda: png(64, 48, before=[
+               _chunk(b"acTL", struct.pack(">II", 2, 0)),
+               _chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, 60000, 60000, 0, 0, 1, 10, 0, 0))])),
+           "decoder", refusal=CORRUPT_HEADER.format("PNG")),
     Attack("frames-webp-animated-100k-frames", file("many.webp", lambda: webp_anim(64, 48, 100_000)), "decoder",
            memory=True),
     Attack("frames-webp-animated-1.2-million-frames", file("many.webp", lambda: webp_anim(64, 48, 1_200_000)),
@@ -619,16 +633,6 @@ FRAME_CATALOGUE = [
 def _frames_capped(path: Path) -> None:
     info = images.inspect(path)
     assert info.frames == images.GIF_FRAME_CAP  # counted up to the cap, never walked to the end
-
-
-TEXT_TOO_LARGE = re.escape(
-    "The image's metadata is too large once unpacked (a PNG text block or colour profile over 1 MB, or 64 MB of "
-    "text in all): save a copy without its metadata."
-)
-METADATA_TOO_LARGE = (
-    r"The image carries {} MB of metadata \(EXIF, colour profile, text or comments\) besides its pixels; "
-    r"the limit is 16 MB: save a copy without its metadata\."
-)
 
 
 def _bad_crc(data: bytes, cid: bytes) -> bytes:
@@ -670,6 +674,12 @@ FORMAT_CATALOGUE = [
                png(640, 480, 8, 2))), "scan", refusal=r"The image is corrupt or truncated"),
     Attack("format-truncated-jpeg", file("cut.jpg", lambda: (lambda d: d[: len(d) // 2])(
                jpeg(640, 480, ((1, 1),) * 3))), "decoder", refusal=r"The image is corrupt or truncated"),
+    Attack("format-png-bad-crc-in-header", file("crc.png", lambda: _bad_crc(png(640, 480), b"IHDR")), "decoder",
+           refusal=CORRUPT_HEADER.format("PNG")),
+    Attack("format-png-cut-inside-its-header", file("cut.png", lambda: png(640, 480)[:20]), "decoder",
+           refusal=r"The image is corrupt or truncated \(Truncated File Read\)\."),
+    Attack("format-gif-cut-inside-its-header", file("cut.gif", lambda: gif(64, 48)[:9]), "decoder",
+           refusal=CORRUPT_HEADER.format("GIF")),
     # PNG text and profiles: Pillow unpacks each to 1 MB at most and holds 64 MB of text in all
     Attack("format-png-ztxt-bomb-before-the-pixels", file("text.png", lambda: png(64, 48, before=[
                _ztxt(50 * MB)])), "decoder", refusal=TEXT_TOO_LARGE),

@@ -359,6 +359,15 @@ def _plain(exc: BaseException, lead: str) -> str:
     return _TEXT_TOO_LARGE if "MAX_TEXT" in str(exc) else f"{lead} ({exc})."
 
 
+def _signature(h: bytes) -> str | None:
+    """Which of the five formats a file's first bytes announce (None: none of them)."""
+    for magic, kind in ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
+                        (b"GIF89a", "GIF"), (b"BM", "BMP")):  # fmt: skip
+        if h.startswith(magic):
+            return kind
+    return "WebP" if h.startswith(b"RIFF") and h[8:12] == b"WEBP" else None
+
+
 def _webp_animated(h: bytes) -> bool:
     return h.startswith(b"RIFF") and h[8:16] == b"WEBPVP8X" and len(h) > 20 and bool(h[20] & 0x02)
 
@@ -419,9 +428,15 @@ def _open(source: str | Path | bytes, max_pixels: int, max_bytes: int | None = N
     try:
         im = Image.open(fp, formats=PLUGINS)  # type: ignore[arg-type]
     except UnidentifiedImageError as exc:
+        kind = _signature(head)
+        if kind:  # one of ours by its first bytes, but Pillow can't read its header
+            raise ImageError(
+                f"The image is corrupt or truncated: it starts like a {kind} file but its header can't be read."
+            ) from exc
         raise ImageError(f"This is not an image file (or its format is not supported): {_ASK}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        raise ImageError(_plain(exc, "The file cannot be read")) from exc
+        lead = "The image is corrupt or truncated" if _signature(head) else "The file cannot be read"
+        raise ImageError(_plain(exc, lead)) from exc
     im._file_need = file_need if im.format == "WEBP" else 0  # type: ignore[attr-defined]
     w, h = im.size
     if w * h > max_pixels:
