@@ -707,11 +707,12 @@ FORMAT_CATALOGUE = [
 ]  # fmt: skip
 
 
-def _shares_one_kernel(n: int, size: int) -> bytes:
-    """A Fifield-style zip: n directory entries pointing at one deflated kernel of `size` zeros."""
+def _shares_one_kernel(n: int, size: int, *, one_name: bool = False) -> bytes:
+    """A Fifield-style zip: n directory entries pointing at one deflated kernel of `size` zeros
+    (named k1.png, k2.png ... or all k.png)."""
     kernel = zeros_member("photos/red/k.png", size)
-    return raw_zip([kernel, *(Member(f"photos/red/k{i}.png", kernel.data, size=size, crc=kernel.crc, method=8,
-                                     offset=0) for i in range(1, n))])  # fmt: skip
+    return raw_zip([kernel, *(Member("photos/red/k.png" if one_name else f"photos/red/k{i}.png", kernel.data,
+                                     size=size, crc=kernel.crc, method=8, offset=0) for i in range(1, n))])  # fmt: skip
 
 
 def _scan_refuses_the_folder(name: str) -> Callable[[Outcome, Path], None]:
@@ -791,6 +792,20 @@ ZIP_CATALOGUE = [
     Attack("zip-symlink-through-predict", photo("photos.zip", lambda: raw_zip(
                [Member("a.png", small_png()), Member("link.png", b"/etc/passwd", mode=stat.S_IFLNK | 0o777)])),
            "predict", refusal=r"it contains a link \(link\.png\), which is not allowed"),
+    Attack("zip-duplicate-names", upload(lambda: dataset_zip(Member("photos/red/0.png", small_png((0, 0, 255))))),
+           "upload", env=HOSTED, refusal=r"The zip holds two entries named photos/red/0\.png: it is not safe to unpack\."),
+    Attack("zip-duplicate-names-after-dots-and-slashes", upload(lambda: dataset_zip(
+               Member("photos/red/./0.png", small_png()), Member("photos//red/0.png", small_png()))),
+           "upload", env=HOSTED, refusal=r"two entries named photos/red/0\.png"),
+    Attack("zip-duplicate-names-share-one-kernel", upload(lambda: _shares_one_kernel(40, 10 * MIB, one_name=True)),
+           "upload", env=HOSTED, refusal=r"two entries named photos/red/k\.png"),
+    Attack("zip-file-and-folder-with-one-name", upload(lambda: dataset_zip(Member("photos/red/a", b"x"),
+                                                                           Member("photos/red/a/b.png", small_png()))),
+           "upload", env=HOSTED, refusal=r"The zip has a file and a folder both named photos/red/a: it is not safe"),
+    Attack("zip-name-too-long-for-the-disk", upload(lambda: dataset_zip(Member("photos/red/" + "a" * 300 + ".png",
+                                                                               small_png()))),
+           "upload", env=HOSTED, refusal=r"could not be unpacked: photos/red/a+\.\.\. can't be written here "
+                                         r"\(File name too long\)"),
     Attack("zip-control-characters-in-a-class-folder", upload(lambda: dataset_zip(
                Member("photos/ca\nts/a.png", small_png()))), "upload", env=HOSTED,
            check=_scan_refuses_the_folder("ca\nts")),

@@ -159,7 +159,9 @@ def extract_zip(
             _unpack(archive, tmp, max_files=max_files, max_bytes=max_bytes, room=room)
     except UserError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, ValueError) as exc:
+    except OSError as exc:  # its text names this server's folders: the reason alone
+        raise UserError(f"The zip could not be unpacked ({exc.strerror or type(exc).__name__}).") from exc
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, RuntimeError, ValueError) as exc:
         raise UserError(f"The zip could not be unpacked ({exc}).") from exc
     return dataset_root(dest_dir)
 
@@ -174,6 +176,25 @@ def _too_big(size: int, max_bytes: int, room: int | None, *, more: bool = False)
     return UserError(f"The zip unpacks to {amount}; the limit is {max_bytes / 1e6:,.0f} MB.")
 
 
+def _check_names(members: list[tuple[zipfile.ZipInfo, str]]) -> None:
+    """Refuse two files with one name (zip tools differ on which copy wins, so what was checked need
+    not be what is unpacked) and a file where a folder must be."""
+    kinds: dict[str, bool] = {}  # name -> is a folder
+    for info, name in members:
+        folder = info.is_dir()
+        if name in kinds and not (folder and kinds[name]):
+            raise UserError(f"The zip holds two entries named {name}: it is not safe to unpack.")
+        kinds[name] = folder
+    for name in kinds:
+        parts = name.split("/")
+        for k in range(1, len(parts)):
+            parent = "/".join(parts[:k])
+            if kinds.get(parent) is False:
+                raise UserError(
+                    f"The zip has a file and a folder both named {parent}: it is not safe to unpack."
+                )
+
+
 def _unpack(
     archive: zipfile.ZipFile, tmp: Path, *, max_files: int, max_bytes: int, room: int | None = None
 ) -> None:
@@ -183,6 +204,7 @@ def _unpack(
         raise UserError(f"The zip holds {len(entries):,} files and folders; the limit is {max_files:,}.")
     members = [(info, _zip_member_name(info)) for info in entries]
     members = [(i, n) for i, n in members if n is not None]
+    _check_names(members)
     found = [(i, n) for i, n in members if not i.is_dir()]
     if not found:
         raise UserError("The zip is empty: it should hold one folder of images per class.")
@@ -198,16 +220,22 @@ def _unpack(
         target = (tmp / name).resolve()
         if base != target and base not in target.parents:
             raise UserError(f"The zip has a path that leaves its folder ({info.filename}).")
-        if info.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with archive.open(info) as src, open(target, "wb") as out:
-            while chunk := src.read(1 << 20):
-                written += len(chunk)
-                if written > limit:
-                    raise _too_big(limit, max_bytes, room, more=True)
-                out.write(chunk)
+        try:
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as src, open(target, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > limit:
+                        raise _too_big(limit, max_bytes, room, more=True)
+                    out.write(chunk)
+        except OSError as exc:  # the member's name, never this server's folder
+            shown = name if len(name) <= 80 else name[:77] + "..."
+            raise UserError(
+                f"The zip could not be unpacked: {shown} can't be written here ({exc.strerror or exc})."
+            ) from exc
 
 
 def _find_train_validation(folder: Path) -> Path | None:
