@@ -8,8 +8,9 @@ Each entry is (name, a generator writing the attack into tmp_path, the entry poi
   `workspace`) for names and tokens;
 - outcomes: a plain-words refusal (a phrase matched; the message is one line, with no traceback and
   no server folder in it), or "accepted within memory" (decoded in a fresh process whose peak RSS over
-  its baseline stays under the per-image bound from the settings), or a check of what the app writes
-  (its CSV files, its labels, its escaped text).
+  its baseline, read from VmHWM, stays under the per-image bound from the settings and under what
+  the decoder reserved from its shared byte budget), or a check of what the app writes (its CSV
+  files, its labels, its escaped text).
 
 Why tests/ and not tests/data/: tests mirror lib/, and the catalogue crosses lib's families (the
 decoder and zip extraction in lib/data, the Predict inputs in lib/serve, the CSV writers of
@@ -323,7 +324,10 @@ def zip_of(entries: dict[str, bytes]) -> bytes:
 
 
 def zeros_member(name: str, n: int, **kw: Any) -> Member:
-    return Member(name, _raw_deflate_zeros(n), size=kw.pop("size", n), crc=_crc_zeros(n), method=8, **kw)
+    """n zero bytes deflated; the size and CRC declared are the real ones unless given."""
+    crc = kw.pop("crc", None)
+    return Member(name, _raw_deflate_zeros(n), size=kw.pop("size", n), crc=_crc_zeros(n) if crc is None else crc,
+                  method=8, **kw)  # fmt: skip
 
 
 def dataset_zip(*extra: Member) -> bytes:
@@ -549,8 +553,12 @@ def upload(data: Callable[[], bytes]) -> Callable[[Path], bytes]:
     return lambda tmp: data()
 
 
-def decoded(outcome: Outcome, tmp: Path) -> None:
+def accepted(outcome: Outcome, tmp: Path) -> None:
     assert outcome.ok, outcome.message
+
+
+def decoded(outcome: Outcome, tmp: Path) -> None:
+    accepted(outcome, tmp)
     if isinstance(outcome.value, np.ndarray):
         assert outcome.value.shape == (160, 160, 3) and outcome.value.dtype == np.uint8
 
@@ -742,10 +750,10 @@ def _predict_refuses_inner(outcome: Outcome, tmp: Path) -> None:
 
 ZIP_CATALOGUE = [
     Attack("zip-declared-small-real-600mib", upload(lambda: dataset_zip(
-               zeros_member("photos/red/bomb.png", 600 * MIB, size=1000))), "upload", env=HOSTED,
+               zeros_member("photos/red/bomb.png", 600 * MIB, size=1000, crc=0))), "upload", env=HOSTED,
            refusal=r"The zip could not be unpacked \(Bad CRC-32 for file 'photos/red/bomb\.png'\)"),
     Attack("zip-declared-small-real-600mib-through-predict", photo("photos.zip", lambda: raw_zip(
-               [zeros_member("bomb.png", 600 * MIB, size=1000)])), "predict",
+               [zeros_member("bomb.png", 600 * MIB, size=1000, crc=0)])), "predict",
            refusal=r"The file is damaged inside the zip \(Bad CRC-32 for file 'bomb\.png'\)"),
     Attack("zip-ratio-1000-to-1-honest-sizes", upload(lambda: dataset_zip(
                zeros_member("photos/red/bomb.png", 600 * MIB))), "upload", env=HOSTED,
@@ -961,11 +969,11 @@ def _run_outside(tmp: Path) -> Outcome:
 
 
 WORKSPACE_CATALOGUE = [
-    Attack("workspace-forged-token", _forged_token, "workspace", env=HOSTED, check=decoded),
+    Attack("workspace-forged-token", _forged_token, "workspace", env=HOSTED, check=accepted),
     Attack("workspace-traversal-token", _traversal_token, "workspace", env=HOSTED,
            refusal=r"This workspace link is not valid"),
     Attack("workspace-path-into-another-visitors-runs", _run_outside, "workspace", env=HOSTED,
-           check=lambda o, tmp: (decoded(o, tmp), _is(o.value, True))),
+           check=lambda o, tmp: (accepted(o, tmp), _is(o.value, True))),
 ]  # fmt: skip
 
 
