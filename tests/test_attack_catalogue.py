@@ -624,6 +624,7 @@ FRAME_CATALOGUE = [
                _chunk(b"acTL", struct.pack(">II", 0x7FFFFFFF, 0)),
                _chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, 64, 48, 0, 0, 1, 10, 0, 0))])),
            "decoder", check=decoded),
+    Attack("frames-apng-700k-frames", file("many.png", lambda: _apng(700_000)), "decoder", check=decoded),
     Attack("frames-apng-frame-larger-than-its-canvas", file("frame.png", lambda: png(64, 48, before=[
                _chunk(b"acTL", struct.pack(">II", 2, 0)),
                _chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, 60000, 60000, 0, 0, 1, 10, 0, 0))])),
@@ -636,6 +637,15 @@ FRAME_CATALOGUE = [
     Attack("frames-webp-animated-canvas-16384", file("canvas.webp", lambda: webp_anim(16384, 16384, 1)),
            "decoder", refusal=r"too large: 16384x16384 is 268 megapixels"),
 ]  # fmt: skip
+
+
+def _apng(frames: int) -> bytes:
+    """An APNG of 1 x 1 frames (64 bytes each): 18 MB of frame control, none of it metadata."""
+    fctl = [_chunk(b"fcTL", struct.pack(">IIIIIHHBB", 2 * i - 1, 1, 1, 0, 0, 1, 10, 0, 0)) +
+            _chunk(b"fdAT", struct.pack(">I", 2 * i) + _zlib_zeros(4)) for i in range(1, 3)]  # fmt: skip
+    head = [_chunk(b"acTL", struct.pack(">II", frames, 0)), _chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, 64, 48, 0,
+            0, 1, 10, 0, 0))]  # fmt: skip
+    return png(64, 48, before=head, after=[fctl[0] * (frames // 2), fctl[1] * (frames - 1 - frames // 2)])
 
 
 def _frames_capped(path: Path) -> None:

@@ -240,7 +240,8 @@ def _inflate_text(data: bytes) -> bytes | None:
 
 
 def _png_text_bytes(cid: bytes, data: bytes) -> int:
-    """The text Pillow keeps from one tEXt/zTXt/iTXt chunk (bytes), ImageError where Pillow refuses."""
+    """The text Pillow keeps from one tEXt/zTXt/iTXt chunk (bytes; 0 for an iCCP profile), or
+    ImageError where Pillow would refuse the chunk."""
     key, _, value = data.partition(b"\0")
     if cid == b"iCCP" or cid == b"zTXt":
         if value[:1] not in (b"", b"\0"):
@@ -278,7 +279,7 @@ def _png_metadata(fh: io.BufferedIOBase) -> None:
         length, cid = struct.unpack(">I", hdr[:4])[0], hdr[4:8]
         if cid == b"IEND":
             break
-        if cid not in (b"IDAT", b"fdAT"):
+        if cid not in (b"IDAT", b"fdAT", b"fcTL"):  # pixels, and an animation's frames (read one by one)
             total += length
             if cid in (b"tEXt", b"zTXt", b"iTXt", b"iCCP"):
                 packed.append((cid, fh.tell(), length))
@@ -319,7 +320,7 @@ def _jpeg_metadata(fh: io.BufferedIOBase) -> None:
             return
         length = struct.unpack(">H", size)[0]
         total += length
-        fh.seek(length - 2, os.SEEK_CUR)
+        fh.seek(max(0, length - 2), os.SEEK_CUR)
     raise _metadata_too_large(total, walked=False)
 
 
