@@ -3,7 +3,8 @@
 One Markdown escaper serves Streamlit and the Markdown report (CommonMark lets any ASCII punctuation
 be backslash-escaped; Streamlit adds :colour[...] directives, :emoji: codes and $math$, so ':' and
 '$' are escaped too). One HTML escaper serves Plotly labels and hover text. One formula neutralizer
-serves every CSV the app writes. `strip_paths` takes this server's folders out of text that leaves it.
+(with CSV_LINE_END, which gets a cell holding a line break quoted) serves every CSV the app writes.
+`strip_paths` takes this server's folders out of text that leaves it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from collections.abc import Iterable, Sequence
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&\"'=^])")
 _CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# The line end of every CSV the app writes. Python's csv module quotes a cell that holds a character
+# of its line terminator: with "\n" a lone carriage return goes out unquoted, spreadsheets end the
+# row there, and a file named "\r=HYPERLINK(...)" puts a live formula at the start of a row of its
+# own (csv_safe only sees the start of the cell). With "\r\n" such a cell is quoted.
+CSV_LINE_END = "\r\n"
 # An absolute path's folders (not a URL's, not a relative path's): "/srv/app/lib/x.py" -> "x.py".
 _PATH_CHARS = r"[^\s/'\"<>:,;()\[\]{}|`]"
 _ABS_FOLDERS = re.compile(rf"(?<![\w.:/~<>\\-])/(?:{_PATH_CHARS}+/)+")

@@ -25,7 +25,7 @@ import pandas as pd
 
 from lib import files, settings
 from lib.errors import UserError
-from lib.text import csv_safe
+from lib.text import CSV_LINE_END, csv_safe
 
 VERSION = 1
 ACTIONS = ("relabel", "exclude", "keep")
@@ -207,7 +207,7 @@ def to_csv(found: dict[str, Decision]) -> bytes:
         [[csv_safe(d.path), d.action, csv_safe(d.label), d.decided_at] for d in found.values()],
         columns=CSV_COLUMNS,
     )
-    return frame.to_csv(index=False).encode("utf-8")
+    return frame.to_csv(index=False, lineterminator=CSV_LINE_END).encode("utf-8")
 
 
 def _unguard(text: str) -> str:

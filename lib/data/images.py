@@ -14,6 +14,10 @@ Memory is bounded, because uploads are untrusted (a 95 KB PNG can claim 7000 x 7
   no full-size composite or rotated copy;
 - a process-wide byte budget (settings.decode_budget_mb()) makes parallel decodes wait their turn,
   so a batch of threads never holds more than that in decoded pixels.
+- metadata Pillow reads whole when it opens a file (EXIF, colour profiles, text, comments: a 64 x 48
+  PNG with a 300 MB text chunk cost 1 GB) is counted from the file's structure first and refused
+  above METADATA_MAX_BYTES, and Pillow's PNG text limits are applied wherever the chunks sit, so the
+  scan refuses what the decoder would refuse after the pixels.
 Measured (research in docs/DECODING.md): a 16-bit 7000 x 7000 PNG drops from 1.27 GB to 54 MB, a
 zip of 16 such images decoded by 4 threads from ~5 GB to ~430 MB.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import io
 import math
+import os
 import struct
 import threading
 import zlib
@@ -32,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 from lib import settings
 from lib.errors import ImageError
@@ -54,10 +59,25 @@ MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N"
 # WebP through Pillow: libwebp's two canvases (curr + prev-disposed, 4 B/px each) + the bytes copy
 # returned by get_next (4 B/px) + the Pillow image (4 B/px): measured ~16 B/px at the peak.
 WEBP_BYTES_PER_PX = 16
-# Progressive JPEG: libjpeg keeps every DCT coefficient (2 bytes x 64 per block per component),
-# whatever the draft scale: ~3 B/px for 4:2:0 YCbCr, up to 8 for 4:4:4:4 CMYK.
-JPEG_PROGRESSIVE_BYTES_PER_PX = 3
+# ... and before that, Pillow reads the whole file (and copies it once) and libwebp indexes every
+# frame of an animation (~100 bytes each, a frame taking 40 bytes of file at the least): measured 2
+# bytes of memory per byte of file for a still image, 4.5 for an animation of 1 x 1 frames.
+WEBP_FILE_FACTOR = 2
+WEBP_ANIMATION_FILE_FACTOR = 5
+# JPEG with more than one scan (progressive, or a baseline file whose first scan holds fewer
+# components than the image): libjpeg keeps every DCT coefficient of the whole image during the load
+# (64 x 2 bytes per 8x8 block of each component, whatever the draft scale): 3 B/px for 4:2:0 YCbCr,
+# 6 for 4:4:4, 8 for CMYK. A one-scan baseline file decodes row by row instead.
+JPEG_BLOCK_BYTES = 128
+JPEG_MARKER_BYTES = 1 << 20  # how far markers are read for the first scan (EXIF, ICC and tables come first)
+# Run-length BMP: Pillow's decoder (Python) builds the pixels in a bytearray, then copies them to
+# bytes before they reach the image: 2 more bytes per pixel during the load.
+BMP_RLE_BYTES_PER_PX = 2
 EXTRA_BYTES = 16 * MB  # strips, reduced image, decoder state
+# What a PNG, JPEG or GIF may carry besides its pixels (EXIF, colour profile, text, comments): Pillow
+# reads all of it into memory when the file is opened (2 to 3.5 times its size), so it is walked and
+# counted first. Camera and editor files carry well under 1 MB.
+METADATA_MAX_BYTES = 16 * MB
 
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
@@ -194,6 +214,165 @@ def _webp_canvas(h: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _metadata_too_large(n: int, *, walked: bool = True) -> ImageError:
+    amount = f"{n / MB:,.0f} MB" if walked else f"more than {METADATA_MAX_BYTES / MB:.0f} MB"
+    return ImageError(
+        f"The image carries {amount} of metadata (EXIF, colour profile, text or comments) besides "
+        f"its pixels; the limit is {METADATA_MAX_BYTES / MB:.0f} MB: save a copy without its metadata."
+    )
+
+
+_TEXT_TOO_LARGE = (
+    f"The image's metadata is too large once unpacked (a PNG text block or colour profile over "
+    f"{PngImagePlugin.MAX_TEXT_CHUNK / 2**20:.0f} MB, or {PngImagePlugin.MAX_TEXT_MEMORY / 2**20:.0f} MB of "
+    "text in all): save a copy without its metadata."
+)
+
+
+def _inflate_text(data: bytes) -> bytes | None:
+    """A PNG text block or profile unpacked as Pillow does (None: over its MAX_TEXT_CHUNK)."""
+    z = zlib.decompressobj()
+    try:
+        out = z.decompress(data, PngImagePlugin.MAX_TEXT_CHUNK)
+    except zlib.error:
+        return b""  # Pillow ignores a block it can't unpack
+    return None if z.unconsumed_tail else out
+
+
+def _png_text_bytes(cid: bytes, data: bytes) -> int:
+    """The text Pillow keeps from one tEXt/zTXt/iTXt chunk (bytes; 0 for an iCCP profile), or
+    ImageError where Pillow would refuse the chunk."""
+    key, _, value = data.partition(b"\0")
+    if cid == b"iCCP" or cid == b"zTXt":
+        if value[:1] not in (b"", b"\0"):
+            raise ImageError(f"The image is corrupt (unknown compression in its PNG {cid.decode()} block).")
+        value = _inflate_text(value[1:]) if cid == b"iCCP" or value else b""
+        if value is None:
+            raise ImageError(_TEXT_TOO_LARGE)
+        return 0 if cid == b"iCCP" or not key else len(value)
+    if cid == b"iTXt":
+        if len(value) < 2:
+            return 0
+        compressed, method, parts = value[0], value[1], value[2:].split(b"\0", 2)
+        if len(parts) < 3:
+            return 0
+        value = parts[2]
+        if compressed:
+            if method != 0:
+                return 0
+            value = _inflate_text(value)
+            if value is None:
+                raise ImageError(_TEXT_TOO_LARGE)
+    return len(value) if key else 0
+
+
+def _png_metadata(fh: io.BufferedIOBase) -> None:
+    """Walk a PNG's chunks (headers only, pixel data skipped): refuse more than METADATA_MAX_BYTES of
+    other chunks, then apply Pillow's text limits to the text and profile chunks wherever they are,
+    so a file the decoder would refuse after its pixels is refused by the scan too."""
+    fh.seek(8)
+    total, packed = 0, []
+    while True:
+        hdr = fh.read(8)
+        if len(hdr) < 8:
+            break  # a truncated file is the decoder's to report
+        length, cid = struct.unpack(">I", hdr[:4])[0], hdr[4:8]
+        if cid == b"IEND":
+            break
+        if cid not in (b"IDAT", b"fdAT", b"fcTL"):  # pixels, and an animation's frames (read one by one)
+            total += length
+            if cid in (b"tEXt", b"zTXt", b"iTXt", b"iCCP"):
+                packed.append((cid, fh.tell(), length))
+        fh.seek(length + 4, os.SEEK_CUR)
+    if total > METADATA_MAX_BYTES:
+        raise _metadata_too_large(total)
+    text = 0
+    for cid, at, length in packed:
+        fh.seek(at)
+        text += _png_text_bytes(cid, fh.read(length))
+        if text > PngImagePlugin.MAX_TEXT_MEMORY:
+            raise ImageError(_TEXT_TOO_LARGE)
+
+
+def _jpeg_metadata(fh: io.BufferedIOBase) -> None:
+    """Walk a JPEG's segments before its first scan (APPn, COM, tables; headers only): Pillow keeps
+    every one of them, up to 64 KB each and as many as the file holds."""
+    fh.seek(2)
+    total = 0
+    while total <= METADATA_MAX_BYTES:
+        b = fh.read(1)
+        if not b:
+            return
+        if b != b"\xff":
+            total += 1  # stray bytes: skipped, but they count
+            continue
+        marker = fh.read(1)
+        if not marker or marker == b"\xff":
+            if marker:
+                fh.seek(-1, os.SEEK_CUR)  # a fill byte: the marker follows
+            continue
+        if marker in (b"\xda", b"\xd9"):  # the first scan, or the end
+            return
+        if marker == b"\x01" or b"\xd0" <= marker <= b"\xd8":
+            continue
+        size = fh.read(2)
+        if len(size) < 2:
+            return
+        length = struct.unpack(">H", size)[0]
+        total += length
+        fh.seek(max(0, length - 2), os.SEEK_CUR)
+    raise _metadata_too_large(total, walked=False)
+
+
+def _gif_metadata(fh: io.BufferedIOBase) -> None:
+    """Walk a GIF's extension blocks before its first image (sizes only): Pillow joins every comment."""
+    head = fh.read(13)
+    if len(head) < 13:
+        return
+    if head[10] & 0x80:
+        fh.seek(3 * (2 << (head[10] & 7)), os.SEEK_CUR)
+    total = 0
+    while total <= METADATA_MAX_BYTES:
+        b = fh.read(1)
+        if b != b"\x21":  # an image (or the end, or junk): the decoder takes it from here
+            return
+        fh.read(1)  # the extension's label
+        while total <= METADATA_MAX_BYTES:
+            ln = fh.read(1)
+            if not ln or ln == b"\0":
+                break
+            total += ln[0]
+            fh.seek(ln[0], os.SEEK_CUR)
+    raise _metadata_too_large(total, walked=False)
+
+
+def _check_metadata(fh: io.BufferedIOBase, head: bytes) -> None:
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        _png_metadata(fh)
+    elif head.startswith(b"\xff\xd8"):
+        _jpeg_metadata(fh)
+    elif head.startswith((b"GIF87a", b"GIF89a")):
+        _gif_metadata(fh)
+
+
+def _plain(exc: BaseException, lead: str) -> str:
+    """Pillow's error in words: its text limits get their own sentence."""
+    return _TEXT_TOO_LARGE if "MAX_TEXT" in str(exc) else f"{lead} ({exc})."
+
+
+def _signature(h: bytes) -> str | None:
+    """Which of the five formats a file's first bytes announce (None: none of them)."""
+    for magic, kind in ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
+                        (b"GIF89a", "GIF"), (b"BM", "BMP")):  # fmt: skip
+        if h.startswith(magic):
+            return kind
+    return "WebP" if h.startswith(b"RIFF") and h[8:12] == b"WEBP" else None
+
+
+def _webp_animated(h: bytes) -> bool:
+    return h.startswith(b"RIFF") and h[8:16] == b"WEBPVP8X" and len(h) > 20 and bool(h[20] & 0x02)
+
+
 def _too_large(w: int, h: int, max_pixels: int) -> ImageError:
     return ImageError(
         f"The image is too large: {w}x{h} is {w * h / 1e6:.0f} megapixels, the limit is {max_pixels / 1e6:.0f}."
@@ -202,14 +381,16 @@ def _too_large(w: int, h: int, max_pixels: int) -> ImageError:
 
 def _open(source: str | Path | bytes, max_pixels: int, max_bytes: int | None = None) -> Image.Image:
     if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
+        nbytes = len(source)
+        if nbytes == 0:
             raise ImageError("The file is empty (0 bytes).")
         fp: object = io.BytesIO(source)
         head = bytes(source[:64])
     else:
         path = Path(source)
         try:
-            if path.stat().st_size == 0:
+            nbytes = path.stat().st_size
+            if nbytes == 0:
                 raise ImageError("The file is empty (0 bytes).")
             with open(path, "rb") as fh:
                 head = fh.read(64)
@@ -219,25 +400,45 @@ def _open(source: str | Path | bytes, max_pixels: int, max_bytes: int | None = N
     reason = sniff(head)
     if reason:
         raise ImageError(reason)
+    try:  # metadata Pillow would read whole: counted from the file's structure first
+        if isinstance(fp, io.BytesIO):
+            _check_metadata(fp, head)
+            fp.seek(0)
+        else:
+            with open(fp, "rb") as fh:  # type: ignore[call-overload]
+                _check_metadata(fh, head)
+    except OSError as exc:
+        raise ImageError(f"The file cannot be read ({exc.strerror or exc}).") from exc
     canvas = _webp_canvas(head)
     if canvas and canvas[0] * canvas[1] > max_pixels:
         raise _too_large(*canvas, max_pixels)
     limit = _max_bytes(max_bytes)
-    if canvas and canvas[0] * canvas[1] * WEBP_BYTES_PER_PX + EXTRA_BYTES > limit:
-        # libwebp allocates the whole canvas when the file is opened: refuse from the header
+    file_need = nbytes * (WEBP_ANIMATION_FILE_FACTOR if _webp_animated(head) else WEBP_FILE_FACTOR)
+    if canvas and canvas[0] * canvas[1] * WEBP_BYTES_PER_PX + file_need + EXTRA_BYTES > limit:
+        # libwebp allocates the whole canvas and its index of the frames when the file is opened:
+        # refuse from the header
         w, h = canvas
-        mp = (limit - EXTRA_BYTES) / WEBP_BYTES_PER_PX / 1e6
+        need = w * h * WEBP_BYTES_PER_PX + file_need + EXTRA_BYTES
+        of = f" of {nbytes / MB:,.0f} MB" if file_need * 4 >= need else ""
+        mp = (limit - EXTRA_BYTES - file_need) / WEBP_BYTES_PER_PX / 1e6
+        hint = f" (about {mp:.0f} megapixels for this kind of image)" if mp >= 1 else ""
         raise ImageError(
-            f"The image is too large to decode safely: a {w}x{h} WEBP image needs about "
-            f"{(w * h * WEBP_BYTES_PER_PX + EXTRA_BYTES) / MB:.0f} MB of memory, the limit is "
-            f"{limit / MB:.0f} MB (about {mp:.0f} megapixels for this kind of image)."
+            f"The image is too large to decode safely: a {w}x{h} WEBP image{of} needs about "
+            f"{need / MB:.0f} MB of memory, the limit is {limit / MB:.0f} MB{hint}."
         )
     try:
         im = Image.open(fp, formats=PLUGINS)  # type: ignore[arg-type]
     except UnidentifiedImageError as exc:
+        kind = _signature(head)
+        if kind:  # one of ours by its first bytes, but Pillow can't read its header
+            raise ImageError(
+                f"The image is corrupt or truncated: it starts like a {kind} file but its header can't be read."
+            ) from exc
         raise ImageError(f"This is not an image file (or its format is not supported): {_ASK}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        raise ImageError(f"The file cannot be read ({exc}).") from exc
+        lead = "The image is corrupt or truncated" if _signature(head) else "The file cannot be read"
+        raise ImageError(_plain(exc, lead)) from exc
+    im._file_need = file_need if im.format == "WEBP" else 0  # type: ignore[attr-defined]
     w, h = im.size
     if w * h > max_pixels:
         im.close()
@@ -284,8 +485,70 @@ def _png16_to_l(im: Image.Image) -> bool:
     return True
 
 
-def _is_progressive_jpeg(im: Image.Image) -> bool:
-    return im.format in ("JPEG", "MPO") and bool(im.info.get("progressive") or im.info.get("progression"))
+def _jpeg_layout(fp: io.BufferedIOBase) -> tuple[list[tuple[int, int]], bool] | None:
+    """Each component's (h, v) sampling factors and whether libjpeg buffers the whole image's
+    coefficients (progressive, or a first scan with fewer components than the frame), read from the
+    markers before the first scan; None when they are not found there."""
+    data = fp.read(JPEG_MARKER_BYTES)
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    sampling: list[tuple[int, int]] | None = None
+    progressive = False
+    i = 2
+    try:
+        while i + 4 <= len(data):
+            if data[i] != 0xFF or data[i + 1] == 0xFF:  # stray or fill bytes: libjpeg skips them too
+                i += 1
+                continue
+            marker = data[i + 1]
+            if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+                i += 2
+                continue
+            if marker == 0xD9:  # the end, before any scan
+                return None
+            length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+            seg = data[i + 4 : i + 2 + length]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+                sampling = [(seg[7 + 3 * k] >> 4, seg[7 + 3 * k] & 15) for k in range(seg[5])]
+                progressive = marker in (0xC2, 0xC6, 0xCA, 0xCE)
+            elif marker == 0xDA:  # the first scan
+                return (sampling, progressive or seg[0] < len(sampling)) if sampling else None
+            i += 2 + length
+    except (IndexError, struct.error):
+        return None
+    return None
+
+
+def _jpeg_coefficient_bytes(w: int, h: int, sampling: list[tuple[int, int]]) -> int:
+    """libjpeg's whole-image coefficient buffer (jdcoefct.c): each component's blocks, rounded up to
+    its sampling factors, 128 bytes each."""
+    hmax = max(1, *(hs for hs, _ in sampling))
+    vmax = max(1, *(vs for _, vs in sampling))
+    total = 0
+    for hs, vs in sampling:
+        hs, vs = max(1, hs), max(1, vs)
+        bw = math.ceil(math.ceil(w * hs / (hmax * 8)) / hs) * hs  # blocks across, whole MCUs
+        bh = math.ceil(math.ceil(h * vs / (vmax * 8)) / vs) * vs
+        total += bw * bh * JPEG_BLOCK_BYTES
+    return total
+
+
+def _jpeg_buffered_bytes(im: Image.Image) -> int:
+    """Bytes libjpeg holds for coefficients while the file loads (0 for a one-scan baseline file)."""
+    fw, fh = getattr(im, "_jpeg_full_size", im.size)
+    layout = None
+    try:
+        pos = im.fp.tell()  # type: ignore[union-attr]
+        im.fp.seek(0)  # type: ignore[union-attr]
+        layout = _jpeg_layout(im.fp)  # type: ignore[arg-type]
+        im.fp.seek(pos)  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):
+        pass
+    if layout is None:  # markers not where expected: assume the worst, every component at full size
+        progressive = bool(im.info.get("progressive") or im.info.get("progression"))
+        layout = ([(1, 1)] * len(im.getbands()), progressive)
+    sampling, buffered = layout
+    return _jpeg_coefficient_bytes(fw, fh, sampling) if buffered else 0
 
 
 def _estimate(im: Image.Image, *, full_output: bool) -> int:
@@ -295,11 +558,12 @@ def _estimate(im: Image.Image, *, full_output: bool) -> int:
     held = px * MODE_BYTES.get(im.mode, 4)
     load = held
     if im.format == "WEBP":
-        load = px * WEBP_BYTES_PER_PX
+        load = px * WEBP_BYTES_PER_PX + getattr(im, "_file_need", 0)
         held = px * 8  # the Pillow image + libwebp's frame copy once the canvases are freed
-    elif _is_progressive_jpeg(im):
-        fw, fh = getattr(im, "_jpeg_full_size", im.size)
-        load += fw * fh * JPEG_PROGRESSIVE_BYTES_PER_PX  # freed when the load ends
+    elif im.format in ("JPEG", "MPO"):
+        load += _jpeg_buffered_bytes(im)  # freed when the load ends
+    elif im.format == "BMP" and im.tile and im.tile[0][0] == "bmp_rle":
+        load += px * BMP_RLE_BYTES_PER_PX
     if full_output:
         held += px * 3  # the HxWx3 result
     return max(load, held) + EXTRA_BYTES
@@ -319,7 +583,7 @@ _KIND = {
 def _check_bytes(im: Image.Image, need: int, max_bytes: int) -> None:
     if need <= max_bytes:
         return
-    w, h = im.size
+    w, h = getattr(im, "_jpeg_full_size", im.size)  # a JPEG's size before draft scaling
     per_px = max(1.0, (need - EXTRA_BYTES) / (w * h))
     mp = max(0.0, max_bytes - EXTRA_BYTES) / per_px / 1e6
     kind = f"{im.format} image{_KIND.get(im.mode, '') if im.format != 'WEBP' else ''}"
@@ -525,7 +789,7 @@ def _run(
     except MemoryError as exc:
         raise ImageError("The image is too large to open with the memory available.") from exc
     except _DECODE_ERRORS as exc:
-        raise ImageError(f"The image is corrupt or truncated ({exc}).") from exc
+        raise ImageError(_plain(exc, "The image is corrupt or truncated")) from exc
     finally:
         im.close()
     if small.size != final or box != (0.0, 0.0, *final):
@@ -728,7 +992,7 @@ def inspect(
     except ImageError:
         raise
     except _DECODE_ERRORS as exc:
-        raise ImageError(f"The image is corrupt or truncated ({exc}).") from exc
+        raise ImageError(_plain(exc, "The image is corrupt or truncated")) from exc
     finally:
         im.close()
     return ImageInfo(width=w, height=h, format=fmt, mode=mode, frames=frames)

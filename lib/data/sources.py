@@ -3,10 +3,14 @@ server (check_folder), and the classic cats-vs-dogs download."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import re
 import stat
+import struct
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -25,6 +29,69 @@ CATS_DOGS_FNAME = "cats_and_dogs_filtered.zip"
 def sample_dataset_dir() -> Path:
     """The bundled sample (a downsized copy of the bean-leaf dataset, MIT licensed)."""
     return settings.sample_dir()
+
+
+@contextlib.contextmanager
+def _binary(source: bytes | bytearray | memoryview | str | Path | BinaryIO) -> Iterator[BinaryIO]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        yield io.BytesIO(source)
+    elif isinstance(source, (str, Path)):
+        with open(source, "rb") as fh:
+            yield fh
+    else:
+        yield source
+
+
+def zip_entry_count(
+    source: bytes | bytearray | memoryview | str | Path | BinaryIO, stop_after: int
+) -> tuple[int, bool]:
+    """(entries a zip's central directory lists, whether that is the exact count), read from its raw
+    records without building anything per entry, so a limit can be checked before zipfile parses
+    the directory (it builds a ZipInfo for every entry first: a 48 MB upload listing a million empty
+    folders held a process for 38 s and 200 MB before any limit was looked at). The end record's
+    count is trusted only to refuse; otherwise the records are walked, stopping once past
+    `stop_after` (then the count is not exact). (0, True) when there is no end record: zipfile then
+    says the file is damaged. Files and folders both count."""
+    with _binary(source) as fp:
+        fp.seek(0, os.SEEK_END)
+        size = fp.tell()
+        tail_len = min(size, 22 + 0xFFFF)  # the end record and its comment
+        fp.seek(size - tail_len)
+        tail = fp.read(tail_len)
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < 22:
+            return 0, True
+        declared, cd_size = struct.unpack("<HI", tail[at + 10 : at + 16])
+        end = size - tail_len + at  # the central directory ends here (or where the zip64 record starts)
+        if at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07" and end >= 76:
+            fp.seek(end - 76)
+            z64 = fp.read(56)
+            if z64[:4] == b"PK\x06\x06":
+                declared, cd_size = struct.unpack("<QQ", z64[32:48])
+                end -= 76
+        if declared > stop_after:
+            return declared, True
+        if cd_size > end:
+            return 0, True
+        fp.seek(end - cd_size)
+        left, buf, pos, count = cd_size, b"", 0, 0
+        while count <= stop_after:
+            if len(buf) - pos < 46:
+                more = fp.read(max(0, min(left, 1 << 20)))
+                left -= len(more)
+                buf, pos = buf[pos:] + more, 0
+                if len(buf) < 46:
+                    break
+            if buf[pos : pos + 4] != b"PK\x01\x02":
+                break
+            n, m, k = struct.unpack_from("<3H", buf, pos + 28)  # name, extra field, comment lengths
+            pos += 46 + n + m + k
+            count += 1
+            if pos > len(buf):  # a long name or field runs past what was read: skip over the rest
+                fp.seek(pos - len(buf), os.SEEK_CUR)
+                left -= pos - len(buf)
+                buf, pos = b"", 0
+        return count, count <= stop_after
 
 
 def _zip_member_name(info: zipfile.ZipInfo) -> str | None:
@@ -77,6 +144,13 @@ def extract_zip(
         return dataset_root(dest_dir)
     source: Any = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
+        count, exact = zip_entry_count(source, max_files)
+    except OSError as exc:
+        raise UserError(f"The zip cannot be read ({exc.strerror or exc}).") from exc
+    if count > max_files:  # folders count too: a million empty folders is a bomb as well
+        held = f"{count:,}" if exact else f"more than {max_files:,}"
+        raise UserError(f"The zip holds {held} files and folders; the limit is {max_files:,}.")
+    try:
         archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UserError("This is not a zip file (or it is damaged): upload a .zip of image folders.") from exc
@@ -85,7 +159,9 @@ def extract_zip(
             _unpack(archive, tmp, max_files=max_files, max_bytes=max_bytes, room=room)
     except UserError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, ValueError) as exc:
+    except OSError as exc:  # its text names this server's folders: the reason alone
+        raise UserError(f"The zip could not be unpacked ({exc.strerror or type(exc).__name__}).") from exc
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, RuntimeError, ValueError) as exc:
         raise UserError(f"The zip could not be unpacked ({exc}).") from exc
     return dataset_root(dest_dir)
 
@@ -100,6 +176,25 @@ def _too_big(size: int, max_bytes: int, room: int | None, *, more: bool = False)
     return UserError(f"The zip unpacks to {amount}; the limit is {max_bytes / 1e6:,.0f} MB.")
 
 
+def _check_names(members: list[tuple[zipfile.ZipInfo, str]]) -> None:
+    """Refuse two files with one name (zip tools differ on which copy wins, so what was checked need
+    not be what is unpacked) and a file where a folder must be."""
+    kinds: dict[str, bool] = {}  # name -> is a folder
+    for info, name in members:
+        folder = info.is_dir()
+        if name in kinds and not (folder and kinds[name]):
+            raise UserError(f"The zip holds two entries named {name}: it is not safe to unpack.")
+        kinds[name] = folder
+    for name in kinds:
+        parts = name.split("/")
+        for k in range(1, len(parts)):
+            parent = "/".join(parts[:k])
+            if kinds.get(parent) is False:
+                raise UserError(
+                    f"The zip has a file and a folder both named {parent}: it is not safe to unpack."
+                )
+
+
 def _unpack(
     archive: zipfile.ZipFile, tmp: Path, *, max_files: int, max_bytes: int, room: int | None = None
 ) -> None:
@@ -109,6 +204,7 @@ def _unpack(
         raise UserError(f"The zip holds {len(entries):,} files and folders; the limit is {max_files:,}.")
     members = [(info, _zip_member_name(info)) for info in entries]
     members = [(i, n) for i, n in members if n is not None]
+    _check_names(members)
     found = [(i, n) for i, n in members if not i.is_dir()]
     if not found:
         raise UserError("The zip is empty: it should hold one folder of images per class.")
@@ -124,16 +220,22 @@ def _unpack(
         target = (tmp / name).resolve()
         if base != target and base not in target.parents:
             raise UserError(f"The zip has a path that leaves its folder ({info.filename}).")
-        if info.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with archive.open(info) as src, open(target, "wb") as out:
-            while chunk := src.read(1 << 20):
-                written += len(chunk)
-                if written > limit:
-                    raise _too_big(limit, max_bytes, room, more=True)
-                out.write(chunk)
+        try:
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as src, open(target, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > limit:
+                        raise _too_big(limit, max_bytes, room, more=True)
+                    out.write(chunk)
+        except OSError as exc:  # the member's name, never this server's folder
+            shown = name if len(name) <= 80 else name[:77] + "..."
+            raise UserError(
+                f"The zip could not be unpacked: {shown} can't be written here ({exc.strerror or exc})."
+            ) from exc
 
 
 def _find_train_validation(folder: Path) -> Path | None:
@@ -224,4 +326,5 @@ __all__ = [
     "open_upload",
     "sample_dataset_dir",
     "source_choices",
+    "zip_entry_count",
 ]

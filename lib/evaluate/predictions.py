@@ -32,7 +32,7 @@ from lib.errors import UserError
 from lib.evaluate.metrics import calibration, metrics_from_predictions, prob_column
 from lib.models import loader, unknown
 from lib.runs import Run
-from lib.text import csv_safe
+from lib.text import CSV_LINE_END, csv_safe
 from lib.vocab import EVAL_SPLITS, split_name
 
 BATCH_SIZE = 32  # fixed: the last batch is padded, so the model's graph is traced once
@@ -388,4 +388,4 @@ def predictions_csv(df: pd.DataFrame, classes: Sequence[str], *, root: Path | No
         if col in out:
             out[col] = out[col].map(csv_safe)
     out.columns = [csv_safe(c) for c in out.columns]
-    return out.to_csv(index=False).encode("utf-8")
+    return out.to_csv(index=False, lineterminator=CSV_LINE_END).encode("utf-8")

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lib.data.sources import zip_entry_count
 from lib.text import size_text
 from lib.vocab import is_archive_name, is_junk_name, is_junk_path
 
 ZIP_MAX_MEMBERS = 10_000
+ZIP_MAX_ENTRIES = 20_000  # files and folders listed: counted before the zip is parsed
 ZIP_MAX_TOTAL_BYTES = 4 * 1024**3  # declared uncompressed total
 ZIP_MAX_MEMBER_BYTES = 256 * 1024**2  # one photo; enforced while reading, whatever the header says
 FOLDER_MAX_FILES = 100_000
@@ -93,6 +95,17 @@ def _unsafe_member_reason(info: zipfile.ZipInfo) -> str | None:
 def _zip_entries(name: str, source: Source, quota: Quota) -> Iterator[Input]:
     """The members of a zip as entries, read lazily in memory; one error entry when it is refused."""
     fp: Any = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray)) else source
+    try:
+        count, exact = zip_entry_count(fp, ZIP_MAX_ENTRIES)
+    except OSError as exc:
+        yield Input(name, error=f"The zip file cannot be read ({exc.strerror or exc}).")
+        return
+    if count > ZIP_MAX_ENTRIES:
+        held = f"{count:,}" if exact else f"more than {ZIP_MAX_ENTRIES:,}"
+        yield Input(
+            name, error=f"The zip file lists {held} files and folders; the limit is {ZIP_MAX_ENTRIES:,}."
+        )
+        return
     try:
         zf = zipfile.ZipFile(fp)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:

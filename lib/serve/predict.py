@@ -25,7 +25,7 @@ from lib.data.feeder import Feeder
 from lib.errors import ImageError, UserError
 from lib.models import unknown
 from lib.serve.inputs import Input, Quota, Source, expand
-from lib.text import csv_safe, readable_labels
+from lib.text import CSV_LINE_END, csv_safe, readable_labels
 
 BATCH_SIZE = 32
 DEFAULT_TOP_K = 3
@@ -268,7 +268,7 @@ def results_csv(results: Sequence[PredictionResult], classes: Sequence[str]) -> 
         df[col] = df[col].map(csv_safe)
     df.columns = [csv_safe(c) for c in df.columns]
     buf = io.StringIO()
-    df.to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL)
+    df.to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator=CSV_LINE_END)
     return ("\ufeff" + buf.getvalue()).encode("utf-8")
 
 
