@@ -30,7 +30,7 @@ from lib.evaluate.report import write_report
 from lib.models import engine, loader
 from lib.models.registry import BASES
 from lib.serve.predict import percent, predict_images
-from lib.text import clock, size_text
+from lib.text import clock, one_line, size_text
 from lib.train import features
 from lib.train.config import TrainConfig, default_of, options
 from lib.train.recipe import train
@@ -468,11 +468,11 @@ def predict_command(args: argparse.Namespace) -> int:
             extra = (
                 f" (top guess {percent(r.confidence or 0.0)}%)" if r.unsure and r.known is not False else ""
             )
-            print(f"{r.name}: {r.verdict}{extra}")
+            print(f"{one_line(r.name)}: {one_line(r.verdict)}{extra}")
         elif r.skipped:
-            print(f"{r.name}: skipped ({r.error})")
+            print(f"{one_line(r.name)}: skipped ({one_line(r.error)})")
         else:
-            print(f"{r.name}: error: {r.error}")
+            print(f"{one_line(r.name)}: error: {one_line(r.error)}")
     return 0
 
 
@@ -493,7 +493,7 @@ def runs_command(args: argparse.Namespace) -> int:
     for row in rows:
         acc = "" if row["val accuracy"] is None else f"  val {row['val accuracy']:.1%}"
         note = f"  {row['note'].strip().splitlines()[0]}" if row["note"].strip() else ""
-        print(f"{row['id']}  {row['state']}  {row['base']}{acc}{note}")
+        print(one_line(f"{row['id']}  {row['state']}  {row['base']}{acc}{note}"))
     print(json.dumps({"runs": len(rows)}))
     return 0
 

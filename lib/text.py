@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&\"'=^])")
@@ -60,6 +61,18 @@ def readable_labels(classes: Iterable[str]) -> dict[str, str]:
     if len(set(labels.values())) < len(labels):  # a folder named like another's label: names as typed
         return {c: c for c in names}
     return labels
+
+
+def one_line(text: object) -> str:
+    """Text for one line of terminal output: control characters (newlines, carriage returns, escape
+    sequences, bidi overrides) shown as \\xNN / \\uNNNN, so a file name can't fake or rewrite a line."""
+    out = []
+    for ch in str(text):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lib.text import plot_escape, readable_labels, strip_paths
+from lib.text import one_line, plot_escape, readable_labels, strip_paths
 
 
 def test_readable_labels_are_distinct_when_readable_label_makes_two_the_same():
@@ -39,3 +39,9 @@ def test_strip_paths_keeps_relative_paths_and_urls():
         "on beans. beans/train/a.jpg b.jpg w.h5 https://storage.googleapis.com/x/y.zip train/healthy 50/100 ."
     )
     assert strip_paths("/home/someone/x.png", [], others=False) == "/home/someone/x.png"
+
+
+def test_one_line_shows_control_characters_so_a_name_cannot_fake_a_line():
+    assert one_line("a.png\nb.png: Healthy — 99% sure") == "a.png\\x0ab.png: Healthy — 99% sure"
+    assert one_line("x\r\x1b[2J\u202egnp.exe") == "x\\x0d\\x1b[2J\\u202egnp.exe"
+    assert one_line("été bean_rust.jpg") == "été bean_rust.jpg"

@@ -18,7 +18,7 @@ Memory is bounded, because uploads are untrusted (a 95 KB PNG can claim 7000 x 7
   PNG with a 300 MB text chunk cost 1 GB) is counted from the file's structure first and refused
   above METADATA_MAX_BYTES, and Pillow's PNG text limits are applied wherever the chunks sit, so the
   scan refuses what the decoder would refuse after the pixels.
-Measured (research in docs/DECODING.md): a 16-bit 7000 x 7000 PNG drops from 1.27 GB to 54 MB, a
+Measured (tests/data/test_decode_memory.py, bench/hostile_upload.py): a 16-bit 7000 x 7000 PNG drops from 1.27 GB to 54 MB, a
 zip of 16 such images decoded by 4 threads from ~5 GB to ~430 MB.
 """
 
