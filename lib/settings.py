@@ -195,6 +195,12 @@ def max_model_mb() -> int:
     return _int("STUDIO_MAX_MODEL_MB", 200)
 
 
+def check_memory_mb() -> int:
+    """Memory (MB, beyond its own start-up) of the short-lived process that first reads a model or
+    weights file from outside; a file needing more is refused (see lib.models.safety)."""
+    return max(16, _int("STUDIO_CHECK_MEMORY_MB", 1024))
+
+
 def demo_dir() -> Path:
     """The folder holding the shipped demo run (rebuilt by scripts/make_demo_model.py)."""
     return Path(os.environ.get("STUDIO_DEMO_DIR") or ROOT / "demo")

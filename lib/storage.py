@@ -27,6 +27,7 @@ CACHE_FOLDERS = {
     "jobs": "the training queue",
     "doctor": "colour layouts of images for the Data doctor (rebuilt when needed)",
     "curation": "your Data doctor decisions per dataset (relabel, exclude, keep; never cleared)",
+    "checked-models": "model and weights files known to read safely (made here, or checked once)",
 }
 
 
@@ -56,7 +57,16 @@ def temp_folders(runs_dir: Path | None = None) -> list[tuple[Path, int]]:
     found = [(Path(runs_dir or settings.runs_dir()), 2), (cache, 0)]
     found += [
         (cache / name, 0)
-        for name in ("features", "scans", "uploads", "downloads", "jobs", "curation", "doctor")
+        for name in (
+            "features",
+            "scans",
+            "uploads",
+            "downloads",
+            "jobs",
+            "curation",
+            "doctor",
+            "checked-models",
+        )
     ]
     found += [(cache / name, 2) for name in ("predictions", "exports", "reports")]
     root = workspace.workspaces_root()

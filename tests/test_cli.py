@@ -7,9 +7,11 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lib import cli, files, runs
@@ -162,3 +164,39 @@ def test_train_removes_what_killed_runs_left_half_written(tmp_path, monkeypatch)
             _train_args("--data", str(tmp_path / "nothing-here"), "--runs-dir", str(tmp_path / "models"))
         )
     assert not orphan.exists() and not features.exists() and old_run.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("layer", "words"),
+    [
+        ({"module": ["keras.layers"], "class_name": "Dense", "config": {}}, "module of Dense is a list"),
+        (
+            {"module": "keras.layers", "class_name": "Dense", "config": {"units": 10**9}},
+            "units = 1,000,000,000",
+        ),
+    ],
+)
+def test_a_hostile_model_in_a_run_is_one_line_and_exit_2(tmp_path, layer, words):
+    """A copied-in run whose model.keras is malformed or oversized: a plain refusal, no traceback."""
+    import h5py
+
+    run_dir = runs.create_run(tmp_path / "models", {"data_dir": "/d", "base": "SmallCNN", "image_size": 32,
+                                                    "classes": ["a", "b"]})  # fmt: skip
+    runs.write_status(run_dir, "finished")
+    weights = tmp_path / "model.weights.h5"
+    with h5py.File(weights, "w") as h5:
+        h5.create_dataset("layers/dense/vars/0", data=np.zeros((2, 2), "<f4"))
+    config = {"module": "keras", "class_name": "Functional", "config": {"name": "m", "layers": [layer]}}
+    with zipfile.ZipFile(run_dir / "model.keras", "w") as zf:
+        zf.writestr("config.json", json.dumps(config))
+        zf.writestr("metadata.json", "{}")
+        zf.writestr("model.weights.h5", weights.read_bytes())
+    out = _run(
+        "predict", "--run", str(run_dir), str(tmp_path), env={"STUDIO_CACHE_DIR": str(tmp_path / "cache")}
+    )
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: The model of run") and words in lines[0], (
+        out.stderr
+    )
+    assert "Traceback" not in out.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.errors import UserError, WeightsUnavailable
+from lib.models import safety
 from lib.models.registry import BASES, BaseSpec, check_size, get_base, normalize_weights
 
 RESIZE_LAYER = "resize"
@@ -158,6 +159,8 @@ def build_base(name: str, size: int, weights: str = "imagenet", cut: str | None 
 
 
 def _load_weights(model: Any, path: Path, spec: BaseSpec, size: int) -> None:
+    """Load a weights file into the full architecture; one from outside the app (not the bundled
+    file) passes lib.models.safety's checks first, in an isolated process unless it is trusted."""
     import warnings
 
     problem = None
@@ -165,6 +168,14 @@ def _load_weights(model: Any, path: Path, spec: BaseSpec, size: int) -> None:
     if not (name.endswith(".h5") or name.endswith(".hdf5") or name.endswith(".keras")):
         problem = "it is not a Keras weights file (.weights.h5, .h5 or .keras)"
     else:
+        if spec.bundled is None or path.resolve() != spec.bundled.resolve():
+            try:
+                if name.endswith(".keras"):
+                    safety.check_model_file(path)
+                else:
+                    safety.check_weights_file(path)
+            except UserError as exc:
+                raise UserError(f"The weights file {path.name} cannot be used: {exc}") from exc
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -366,15 +377,3 @@ def fixed_size_outputs(model: Any, size: int, *, batch_size: int | None = None) 
         named["features"] = out[1]
     return keras.Model(inputs, named, name=model.name + "_fixed_outputs")
 
-
-def has_lambda_layers(model: Any) -> bool:
-    """True when any layer (nested too) is a Lambda layer; saved models must not have any."""
-    import keras
-
-    def walk(m: Any) -> bool:
-        for layer in getattr(m, "layers", []):
-            if isinstance(layer, keras.layers.Lambda) or walk(layer):
-                return True
-        return False
-
-    return walk(model)

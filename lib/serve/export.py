@@ -24,7 +24,7 @@ from lib import files
 from lib.data.images import decode
 from lib.data.scan import load_scan
 from lib.errors import UserError
-from lib.models import build, loader
+from lib.models import build, loader, safety
 from lib.models.loader import LoadedModel
 from lib.runs import Run, open_run
 
@@ -461,16 +461,14 @@ def _outputs(out: Any) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _make_keras(model: LoadedModel, out: Path, work: Path, images: np.ndarray) -> Made:
-    import keras
-
-    import lib.models.layers  # noqa: F401 - registers the studio's custom layers (imports Keras: kept lazy)
-
     exported = _export_model(model)
     if exported is model.keras_model:
         shutil.copyfile(model.run.model_path, out / "model.keras")
     else:
         exported.save(out / "model.keras")
-    loaded = keras.models.load_model(out / "model.keras", compile=False)
+    # Read back through the same checks as any model (written here from a checked model, so no
+    # isolated child): what is offered must pass them, and Keras never opens an unchecked file.
+    loaded = safety.safe_load_model(out / "model.keras", isolated=False)
     probs, known = _outputs(loaded.predict_on_batch(images.astype(np.float32)))
     custom = _custom_layers(loaded)
     extra = ""

@@ -30,7 +30,7 @@ from lib.data.feeder import Stream
 from lib.data.images import decode
 from lib.data.scan import load_scan
 from lib.errors import UserError
-from lib.models import build, engine, loader
+from lib.models import build, engine, loader, safety
 from lib.train import detect, estimate, features
 from lib.train.config import TrainConfig
 from lib.train.finetune import fine_tune as fine_tune_base
@@ -325,6 +325,7 @@ def _save_model(model: Any, run_dir: Path) -> None:
     files.ensure_free(run_dir, weight_bytes + weight_bytes // 10 + 1024 * 1024, "saving the model")
     with files.atomic_path(run_dir / RUN_FILES["model"]) as tmp:
         clean.save(tmp)
+    safety.remember_trusted(run_dir / RUN_FILES["model"])  # made here: no isolated check when loaded
 
 
 def _head_dense(model: Any) -> list[tuple[Any, Any, str]] | None:

@@ -1,12 +1,15 @@
 """The one frame around every page: page config, navigation over pages/, the sidebar, the hosted
-workspace (its expiry, disk use and privacy note), and, once per process, removing the temporary
-files killed processes left. streamlit_app.py calls `run()`; page files only render."""
+workspace (its expiry, disk use and privacy note), no error details for visitors when hosted, and,
+once per process, removing the temporary files killed processes left. streamlit_app.py calls
+`run()`; page files only render."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import streamlit as st
+from streamlit.errors import FragmentHandledException
 
 from lib import settings, storage, workspace
 from lib.data import images
@@ -70,6 +73,7 @@ def page(path: str) -> PageInfo:
     return next(p for p in PAGES if p.path == path)
 
 
+LOG = logging.getLogger(__name__)
 _STARTED = {"done": False}  # once per server process (this module is imported once)
 
 
@@ -84,8 +88,36 @@ def clean_on_start() -> None:
         loader.prepare_in_background(settings.demo_run_dir())  # the demo's LiteRT model, if missing
 
 
+ERROR_DETAILS = "client.showErrorDetails"
+_configured_details: dict[str, object] = {}  # the value from config.toml, before hosted mode changes it
+
+
+def error_details() -> None:
+    """Hosted: an unexpected error shows visitors Streamlit's generic message only (no traceback,
+    type or message: they can name server files); it is still logged in full on the server
+    (Streamlit's logger, "Uncaught app execution"). Locally, the configured details (full)."""
+    if "value" not in _configured_details:
+        _configured_details["value"] = st.get_option(ERROR_DETAILS)
+    wanted = "none" if settings.hosted() else _configured_details["value"]
+    if st.get_option(ERROR_DETAILS) != wanted:
+        st.set_option(ERROR_DETAILS, wanted)
+
+
 def run() -> None:
-    """Draw the frame and run the page the visitor is on."""
+    """Draw the frame and run the page the visitor is on. Hosted, an unexpected error is logged
+    here (Python logging, logger lib.ui.frame) before Streamlit shows its generic message."""
+    error_details()  # first, so even a failing set-up shows no traceback to a visitor
+    try:
+        _run()
+    except FragmentHandledException:
+        raise  # a fragment's error: Streamlit has shown and logged it already
+    except Exception:
+        if settings.hosted():
+            LOG.exception("Uncaught error on a page (the visitor saw only a generic message)")
+        raise
+
+
+def _run() -> None:
     clean_on_start()
     st.set_page_config(page_title="Image classifier studio", page_icon="🖼️", layout="wide")
     pages = [

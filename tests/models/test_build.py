@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lib.errors import UserError
-from lib.models import build, registry
+from lib.models import build, registry, safety
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,7 +27,7 @@ def test_every_base_builds_and_predicts_one_image(name):
     base = build.build_base(name, size, "none")
     model = build.build_classifier(spec, size, base, 3, build.HeadSpec())
     assert model.get_layer(build.BASE_LAYER) is base
-    assert not build.has_lambda_layers(model)
+    assert not safety.has_lambda_layers(model)
     # Any input size: the model resizes (antialiased) to its own size.
     pixels = np.random.default_rng(0).integers(0, 256, (1, 47, 90, 3)).astype("float32")
     probs = model.predict(pixels, verbose=0)
@@ -67,7 +67,9 @@ def test_bundled_weights_load_at_any_size_and_only_for_mobilenetv2():
     bn = base.get_layer("bn_Conv1")
     assert not np.allclose(bn.moving_variance.numpy(), 1.0)
     small = build.build_base("MobileNetV2", 96, "bundled")  # the weights are size-independent
-    np.testing.assert_allclose(small.get_layer("Conv1").kernel.numpy(), base.get_layer("Conv1").kernel.numpy())
+    np.testing.assert_allclose(
+        small.get_layer("Conv1").kernel.numpy(), base.get_layer("Conv1").kernel.numpy()
+    )
     with pytest.raises(UserError, match="bundled offline weights for MobileNetV2 only"):
         build.build_base("ResNet50", 160, "bundled")
 
@@ -105,7 +107,7 @@ def test_a_weights_file_for_another_architecture_is_a_user_error(tmp_path):
         build.build_base("SmallCNN", 32, str(registry.get_base("MobileNetV2").bundled))
     garbage = tmp_path / "broken.weights.h5"
     garbage.write_bytes(b"not an hdf5 file")
-    with pytest.raises(UserError, match="does not fit MobileNetV2"):
+    with pytest.raises(UserError, match="broken.weights.h5 cannot be used: .* not in HDF5 format"):
         build.build_base("MobileNetV2", 96, str(garbage))
     text = tmp_path / "notes.txt"
     text.write_text("hello")
@@ -113,6 +115,17 @@ def test_a_weights_file_for_another_architecture_is_a_user_error(tmp_path):
         build.build_base("MobileNetV2", 96, str(text))
     with pytest.raises(UserError, match="does not exist"):
         build.build_base("MobileNetV2", 96, str(tmp_path / "missing.weights.h5"))
+
+
+def test_a_weights_file_from_outside_is_checked_before_keras_reads_it(tmp_path, monkeypatch):
+    import h5py
+
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    bomb = tmp_path / "bomb.weights.h5"
+    with h5py.File(bomb, "w") as h5:  # 1 KB on disk, 3 GB of zeros if Keras read it
+        h5.create_dataset("layers/conv2d/vars/0", shape=(750_000_000,), dtype="<f4", chunks=(4096,))
+    with pytest.raises(UserError, match="bomb.weights.h5 cannot be used: .*2,861 MB .*refused"):
+        build.build_base("SmallCNN", 32, str(bomb))
 
 
 def test_a_weights_file_of_the_same_architecture_loads_at_another_size():

@@ -19,7 +19,6 @@ def _config(base="MobileNetV2"):
 def test_a_copied_run_loads_its_model_and_lambda_models_are_refused(tmp_path):
     import keras
 
-    
     run = runs.create_run(tmp_path / "a", _config("ResNet50"))
     spec = registry.get_base("SmallCNN")
     model = build.build_classifier(spec, 32, build.build_base("SmallCNN", 32, "none"), 2, build.HeadSpec())
@@ -48,8 +47,6 @@ def test_a_copied_run_loads_its_model_and_lambda_models_are_refused(tmp_path):
         loader.load(copy)
 
 
-
-
 def test_one_copy_per_model_file_and_the_cache_is_bounded(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_MAX_LOADED_MODELS", "2")
     loader.clear()
@@ -57,7 +54,9 @@ def test_one_copy_per_model_file_and_the_cache_is_bounded(tmp_path, monkeypatch)
     folders = []
     for i in range(3):
         run = runs.create_run(tmp_path, _config("SmallCNN"))
-        model = build.build_classifier(spec, 32, build.build_base("SmallCNN", 32, "none"), 2, build.HeadSpec())
+        model = build.build_classifier(
+            spec, 32, build.build_base("SmallCNN", 32, "none"), 2, build.HeadSpec()
+        )
         model.save(run / "model.keras")
         runs.write_status(run, "finished")
         folders.append(run)
@@ -80,3 +79,32 @@ def test_a_model_whose_outputs_do_not_match_its_classes_is_refused(tmp_path):
     model.save(run / "model.keras")
     with pytest.raises(UserError, match="gives 2 outputs but the run lists 3 classes"):
         loader.load(run)
+
+
+def test_a_copied_run_is_checked_in_a_child_once_and_the_app_s_own_models_are_not(tmp_path, monkeypatch):
+    from lib.models import safety
+    from lib.train import recipe
+
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    calls: list[str] = []
+    real = safety.check_isolated
+    monkeypatch.setattr(
+        safety, "check_isolated", lambda path, *a, **k: calls.append(str(path)) or real(path, *a, **k)
+    )
+    spec = registry.get_base("SmallCNN")
+    model = build.build_classifier(spec, 32, build.build_base("SmallCNN", 32, "none"), 2, build.HeadSpec())
+
+    copied = runs.create_run(tmp_path / "copied", _config("SmallCNN"))
+    model.save(copied / "model.keras")  # a file the app didn't record: as if copied in
+    loader.clear()
+    loader.load(copied, "keras")
+    assert calls == [str(copied / "model.keras")]
+    loader.clear()
+    loader.load(copied, "keras")
+    assert len(calls) == 1, "checked once: the file's content is remembered"
+
+    trained = runs.create_run(tmp_path / "trained", _config("SmallCNN"))
+    recipe._save_model(model, trained)  # how training saves: recorded as made here
+    loader.load(trained, "keras")
+    assert len(calls) == 1
+    loader.clear()
