@@ -1,4 +1,4 @@
-""""I don't know this" and honest percentages: the unknown-photo detector and the temperature.
+""" "I don't know this" and honest percentages: the unknown-photo detector and the temperature.
 
 Numpy only (no TensorFlow), so a prediction path without TensorFlow can use it too.
 
@@ -21,6 +21,7 @@ Stored in the run as unknown.npz (plain arrays, no pickles).
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,7 +254,15 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> 
         if count:
             c, a = float(conf[in_bin].mean()), float(right[in_bin].mean())
             ece += count / len(conf) * abs(c - a)
-            rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count, "confidence": c, "accuracy": a})
+            rows.append(
+                {
+                    "low": float(edges[b]),
+                    "high": float(edges[b + 1]),
+                    "count": count,
+                    "confidence": c,
+                    "accuracy": a,
+                }
+            )
     return {"ece": float(ece), "bins": rows, "images": int(len(conf))}
 
 
@@ -327,7 +336,12 @@ class Detector:
         return calibrate(probs, self.temperature)
 
     def save(self, path: str | Path) -> None:
-        meta = {"version": VERSION, "temperature": self.temperature, "acceptance": self.acceptance, **self.info}
+        meta = {
+            "version": VERSION,
+            "temperature": self.temperature,
+            "acceptance": self.acceptance,
+            **self.info,
+        }
         with files.atomic_path(Path(path)) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(  # the whitening matrix is triangular: half of it compresses away
                 fh,
@@ -338,11 +352,53 @@ class Detector:
             )
 
 
+# What a detector file may declare (a copied run's unknown.npz is untrusted): pooled features of
+# the registry's bases have at most a few thousand dimensions.
+MAX_DIMENSIONS = 8192
+MAX_CLASSES = 10_000
+MAX_REFERENCE = 2_000_000
+MAX_META_BYTES = 1 << 20
+_EXPECTED = {"whitening": 2, "centres": 2, "reference": 1, "meta": 1}
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _arrays_within_bounds(path: Path) -> bool:
+    """Read each member's .npy header (a few bytes) and check its dtype and shape before numpy
+    allocates anything: a small compressed file can't declare gigabytes."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = {n.removesuffix(".npy"): n for n in zf.namelist()}
+            if set(names) != set(_EXPECTED):
+                return False
+            shapes = {}
+            for key, member in names.items():
+                with zf.open(member) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    reader = _HEADER_READERS.get(version)
+                    if reader is None:
+                        return False
+                    shape, _, dtype = reader(fh)
+                if len(shape) != _EXPECTED[key] or dtype.hasobject or dtype.kind not in "fiu":
+                    return False
+                shapes[key] = shape
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return False
+    dims = shapes["whitening"][0]
+    return (
+        dims <= MAX_DIMENSIONS
+        and shapes["whitening"][1] <= MAX_DIMENSIONS
+        and shapes["centres"][0] <= MAX_CLASSES
+        and shapes["centres"][1] <= MAX_DIMENSIONS
+        and shapes["reference"][0] <= MAX_REFERENCE
+        and shapes["meta"][0] <= MAX_META_BYTES
+    )
+
+
 def load(path: str | Path) -> Detector | None:
     """The stored detector, or None when there is none or it can't be read (the run still predicts,
     without the unknown verdict)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() or not _arrays_within_bounds(path):
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -363,7 +419,9 @@ def load(path: str | Path) -> Detector | None:
         return None
     info = {k: v for k, v in meta.items() if k not in ("version", "temperature", "acceptance")}
     return Detector(
-        gaussians=Gaussians(whitening=whitening, centres=centres, shrinkage=float(info.get("shrinkage", 0.0))),
+        gaussians=Gaussians(
+            whitening=whitening, centres=centres, shrinkage=float(info.get("shrinkage", 0.0))
+        ),
         reference=reference,
         temperature=float(meta.get("temperature", 1.0)),
         acceptance=float(meta.get("acceptance", DEFAULT_ACCEPTANCE)),
@@ -410,7 +468,11 @@ def fit(
     else:
         oof_p, oof_y = np.zeros((0, n_classes)), np.zeros(0, dtype=np.int64)
     if len(oof_y) >= MIN_OOF_FOR_TEMPERATURE:
-        fit_p, fit_y = (np.concatenate([oof_p, val_probs]), np.concatenate([oof_y, val_labels])) if has_val else (oof_p, oof_y)
+        fit_p, fit_y = (
+            (np.concatenate([oof_p, val_probs]), np.concatenate([oof_y, val_labels]))
+            if has_val
+            else (oof_p, oof_y)
+        )
         temperature = fit_temperature(fit_p, fit_y)
         info.update(
             temperature_source="out-of-fold (train+validation) + validation",

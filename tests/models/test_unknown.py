@@ -140,3 +140,69 @@ def test_saved_detector_round_trips_and_a_damaged_file_is_ignored(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a numpy file")
     assert unknown.load(tmp_path / "bad.npz") is None
     assert unknown.load(tmp_path / "missing.npz") is None
+
+
+def _npz_declaring(path, **shapes):
+    """An unknown.npz whose members' headers declare `shapes` (name -> (shape, dtype[, fill])). A
+    member with a fill byte holds all its data (with bytes, exactly those) (zeros compress ~1000:1, so a few hundred KB hold
+    hundreds of MB); without one it holds 64 bytes. What a hostile copied run could hold."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, (shape, dtype, *fill) in shapes.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as fh:
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False}
+                np.lib.format.write_array_header_1_0(fh, {**header, "shape": shape})
+                if not fill or isinstance(fill[0], bytes):
+                    fh.write(fill[0] if fill else b"\0" * 64)
+                    continue
+                left = int(np.prod(shape)) * np.dtype(dtype).itemsize
+                chunk = bytes(fill) * (8 << 20)
+                while left > 0:
+                    fh.write(chunk[: min(left, len(chunk))])
+                    left -= len(chunk)
+    return path
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        # a 100,000 x 100,000 whitening matrix: 40 GB declared in a few hundred bytes
+        {
+            "whitening": ((100_000, 100_000), "f4"),
+            "centres": ((3, 100_000), "f4"),
+            "reference": ((10,), "f8"),
+            "meta": ((14,), "u1"),
+        },
+        # 40 MB of reference distances (the bound is 2 million), really there, in ~40 KB
+        {
+            "whitening": ((4, 4), "f4", 0),
+            "centres": ((3, 4), "f4", 0),
+            "reference": ((5_000_000,), "f8", 0),
+            "meta": ((14,), "u1", b'{"version": 1}'),
+        },
+        {
+            "whitening": ((4, 4), "f4"),
+            "centres": ((3, 4), "f4"),
+            "reference": ((10,), "f8"),
+            "meta": ((10**9,), "u1"),
+        },
+        {
+            "whitening": ((4, 4), "O"),
+            "centres": ((3, 4), "f4"),
+            "reference": ((10,), "f8"),
+            "meta": ((14,), "u1"),
+        },
+        {
+            "whitening": ((4, 4, 4, 4), "f4"),
+            "centres": ((3, 4), "f4"),
+            "reference": ((10,), "f8"),
+            "meta": ((14,), "u1"),
+        },
+    ],
+    ids=["40-GB-whitening", "40-MB-reference", "huge-meta", "object-dtype", "wrong-rank"],
+)
+def test_a_detector_file_declaring_huge_or_odd_arrays_is_ignored_before_numpy_reads_it(tmp_path, shapes):
+    path = _npz_declaring(tmp_path / "unknown.npz", **shapes)
+    assert path.stat().st_size < 1 << 20
+    assert unknown.load(path) is None
