@@ -104,7 +104,7 @@ def _imported_after(code: str) -> str:
 def test_the_home_page_opens_without_tensorflow():
     code = (
         "from streamlit.testing.v1 import AppTest\n"
-        "at = AppTest.from_file('streamlit_app.py').run()\n"
+        "at = AppTest.from_file('streamlit_app.py', default_timeout=120).run()\n"
         "assert not at.exception, at.exception\n"
     )
     assert _imported_after(code) == "clean"
