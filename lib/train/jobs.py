@@ -403,7 +403,9 @@ def view(run: Run) -> JobView:
         job.note = " ".join(str(x) for x in (run.config.get("weights_note"), m.get("fine_tuning")) if x)
     else:
         job.message = f"{state.capitalize()}: {run.reason or 'no reason recorded'}"
-        job.can_resume = state in RESUMABLE_STATES and not run.has_model
+        # A worker killed after saving model.keras but before finishing (detector, metrics, status)
+        # leaves a model the app won't use (the run isn't finished): Resume is still the way on.
+        job.can_resume = state in RESUMABLE_STATES
         if state == "failed" and run.status.get("kind") == "weights_unavailable":
             job.retry = offline_retry(TrainConfig.from_dict(run.config))
     return job

@@ -129,6 +129,17 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tiny_dataset, tmp_path):
     assert not (run_dir / "checkpoint.npz").exists()
 
 
+def test_a_run_killed_after_saving_its_model_but_before_finishing_can_be_resumed(tiny_dataset, tmp_path):
+    runs_dir = tmp_path / "models"
+    run_dir = runs.create_run(runs_dir, _config(tiny_dataset))
+    (run_dir / "model.keras").write_bytes(b"a model saved before the detector and metrics.json")
+    runs.write_status(run_dir, "running", pid=2**22 + 4321, progress={"phase": "saving"})
+    assert jobs.reconcile(runs_dir) == [run_dir]
+    run = runs.read_run(run_dir)
+    assert run.state == "interrupted" and not run.usable  # the app never uses that model...
+    assert jobs.view(run).can_resume  # ...and offers to resume the run
+
+
 def test_cancel_never_signals_a_process_that_only_shares_the_pid(tiny_dataset, tmp_path):
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
