@@ -191,12 +191,15 @@ def active_jobs(runs_dir: Path) -> list[Run]:
 
 
 def reconcile(runs_dir: Path) -> list[Path]:
-    """Mark runs left 'queued'/'running' by a dead process (server restart, crash) as interrupted."""
+    """Mark runs left 'queued'/'running' by a dead process (server restart, crash, kill) as
+    interrupted, and remove the temporary files it left in the run folder (a half-written model or
+    checkpoint: the server may run for weeks between the starts that clean up everywhere)."""
     _reap()
     changed = []
     for run in runs.list_runs(Path(runs_dir)):
         if run.status.get("state") in ACTIVE_STATES and run.state == "interrupted":
             runs.write_status(run.path, "interrupted", reason=INTERRUPTED)
+            files.clean_temp_tree(run.path, 1)  # only files of processes that are gone
             changed.append(run.path)
     return changed
 

@@ -80,10 +80,14 @@ def test_restart_marks_orphaned_runs_interrupted(tiny_dataset, tmp_path):
     runs_dir = tmp_path / "models"
     run_dir = runs.create_run(runs_dir, _config(tiny_dataset))
     # a pid that cannot be alive: as if the server restarted while this run was training
-    runs.write_status(run_dir, "running", pid=2**22 + 12345, progress={"phase": "head", "epoch": 2})
+    dead = 2**22 + 12345
+    runs.write_status(run_dir, "running", pid=dead, progress={"phase": "head", "epoch": 2})
+    half = run_dir / f"{files.TEMP_PREFIX}model.keras.{dead}.0123abcd.keras"  # it was saving the model
+    half.write_bytes(b"half a model")
     assert jobs.reconcile(runs_dir) == [run_dir]
     status = runs.read_status(run_dir)
     assert status["state"] == "interrupted" and "stopped unexpectedly" in status["reason"]
+    assert not half.exists()
     # a live run is left alone
     other = runs.create_run(runs_dir, _config(tiny_dataset))
     runs.write_status(other, "running", pid=os.getpid())
