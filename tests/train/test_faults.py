@@ -3,6 +3,10 @@
 - SIGKILL at 20 seeded random moments spread over the worker's phases: after each, the runs list
   loads, no run is left "running", nothing half-written is left where a reader would take it for
   real, the queue is free, and the run resumes; in the end it finishes and its model predicts.
+- A disk that really fills up (a small tmpfs, filled by "another program" while the worker writes
+  its feature cache entry, then model.keras), and a file-size limit (RLIMIT_FSIZE) on
+  `python -m lib train`: the run fails as "disk full" in plain words, nothing half-written is left,
+  earlier runs are untouched, and with room again a new run works.
 
 The runs are cheap on purpose: the tiny colour set, 32 px, 3 head epochs, and SmallCNN with a
 weights file (a frozen base: features cached, head checkpointed, the same path as a pretrained
@@ -349,3 +353,190 @@ def test_sigkill_at_random_moments_leaves_runs_listable_resumable_and_whole(
         + "\n".join(report)
         + f"\nfault injection took {time.monotonic() - began:.0f} s (load average {os.getloadavg()[0]:.1f})"
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# A disk that really fills up
+# ----------------------------------------------------------------------------------------------
+
+PAGE = 4096
+
+
+@pytest.fixture
+def small_disk(tmp_path, monkeypatch):
+    """A real 8 MB file system (tmpfs) holding the runs and the cache, unmounted afterwards. Skipped
+    where mounting isn't allowed (not root); the file-size-limit test below runs everywhere."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True, text=True
+        )
+    except OSError as exc:
+        pytest.skip(f"no mount command here ({exc})")
+    if done.returncode:
+        pytest.skip(f"a tmpfs can't be mounted here: {done.stderr.strip()}")
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(disk / "cache"))
+    monkeypatch.setenv("STUDIO_MIN_FREE_MB", "0")  # the disk fills up during the writes, not before
+    try:
+        yield disk
+    finally:
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _fill(disk: Path, leave: int = PAGE) -> Path:
+    """Fill the disk as another program would, to all but `leave` bytes; returns its file."""
+    filler = disk / "someone-elses-file"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for chunk in (1 << 20, PAGE, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * chunk)
+        os.ftruncate(fd, max(os.fstat(fd).st_size - leave, 0))
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _pause_when_written(pid: int, folder: Path, pattern: str, run_dir: Path) -> bool:
+    """Stop the worker (SIGSTOP) as soon as a file matching `pattern` appears in `folder`; False when
+    the run ended or went past it first."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if any(folder.glob(pattern)):
+            os.killpg(pid, signal.SIGSTOP)
+            if any(folder.glob(pattern)):
+                return True
+            os.killpg(pid, signal.SIGCONT)  # it had just finished that file
+            return False
+        if runs.read_status(run_dir)["state"] not in ACTIVE_STATES:
+            return False
+        time.sleep(0.002)
+    raise AssertionError(f"{pattern} never appeared in {folder}")
+
+
+def _wait_end(run_dir: Path, timeout: float = 600.0) -> dict:
+    """The status once the worker has ended (one that died without a last word reads "running")."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if runs.read_run(run_dir).state not in ACTIVE_STATES:
+            return runs.read_status(run_dir)
+        time.sleep(0.05)
+    raise AssertionError(f"the run did not end: {runs.read_status(run_dir)}")
+
+
+def _fill_while_writing(launcher: Launcher, config: TrainConfig, runs_dir: Path, disk: Path, where: str):
+    """Start a run and fill the disk when it starts writing `where` ("features" or "model"); retried
+    when the write was over before the test saw it. Returns (run folder, final status, filler)."""
+    for _attempt in range(3):
+        run_dir = jobs.start(config, runs_dir)
+        folder, pattern = (
+            (features.features_dir(), f"{files.TEMP_PREFIX}*")
+            if where == "features"
+            else (run_dir, f"{files.TEMP_PREFIX}{RUN_FILES['model']}*")
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        pid = launcher.last.pid
+        caught = _pause_when_written(pid, folder, pattern, run_dir)
+        filler = _fill(disk) if caught else None
+        if caught:
+            os.killpg(pid, signal.SIGCONT)
+        status = _wait_end(run_dir)
+        if caught:
+            return run_dir, status, filler
+        jobs.delete(run_dir)
+        features.clear_feature_cache()
+    raise AssertionError(f"the {where} write was never caught in the act")
+
+
+def _fake_earlier_run(runs_dir: Path, config: TrainConfig) -> tuple[Path, Path]:
+    """A finished run and a feature cache entry from before the disk filled up."""
+    earlier = runs.create_run(runs_dir, config)
+    (earlier / RUN_FILES["model"]).write_bytes(os.urandom(200_000))
+    files.write_json(earlier / RUN_FILES["metrics"], {"val_accuracy": 0.9})
+    runs.write_status(earlier, "finished")
+    entry = features.features_dir() / ("0" * 32)
+    entry.mkdir(parents=True)
+    np.save(entry / "features.npy", np.ones((10, 256), np.float16))
+    np.save(entry / "train_items.npy", np.arange(6))
+    files.write_json(entry / "meta.json", {"n_items": 10, "views": 0})
+    return earlier, entry
+
+
+def test_a_disk_filling_up_while_features_or_the_model_are_written_fails_the_run_as_disk_full(
+    small_disk, tiny_dataset, small_cnn_weights, monkeypatch, warm_python
+):
+    began = time.monotonic()
+    launcher = Launcher(warm_python)
+    monkeypatch.setattr(jobs, "subprocess", launcher)
+    runs_dir = small_disk / "models"
+    config = _config(tiny_dataset, small_cnn_weights)
+    earlier, entry = _fake_earlier_run(runs_dir, config)
+    untouched = {earlier: _snapshot(earlier), entry: _snapshot(entry)}
+
+    def assert_failed_cleanly(run_dir: Path, status: dict) -> None:
+        assert status["state"] == "failed" and status["kind"] == "disk", status
+        assert status["reason"].startswith("The disk is full"), status  # plain words, no errno
+        assert not (run_dir / RUN_FILES["model"]).exists()
+        assert not _temporaries(runs_dir, settings.cache_dir())  # nothing half-written left behind
+        assert jobs.view(runs.read_run(run_dir)).can_resume
+        for entry_dir in features._entries():  # every entry under a real name is a whole one
+            assert features._open(entry_dir) is not None, entry_dir
+        for folder, before in untouched.items():
+            assert _snapshot(folder) == before, f"{folder.name} was touched"
+        assert all(r.state not in ACTIVE_STATES and not r.damaged for r in runs.list_runs(runs_dir))
+
+    # 1. The disk fills up while the feature pass writes its cache entry.
+    run_dir, status, filler = _fill_while_writing(launcher, config, runs_dir, small_disk, "features")
+    assert_failed_cleanly(run_dir, status)
+    reasons = [status["reason"]]
+    assert features._entries() == [entry]  # no entry of the failed pass
+    filler.unlink()
+
+    # 2. The disk fills up while model.keras is written (the features were written before).
+    run_dir, status, filler = _fill_while_writing(launcher, config, runs_dir, small_disk, "model")
+    assert_failed_cleanly(run_dir, status)
+    reasons.append(status["reason"])
+    assert "Computed features" in (run_dir / RUN_FILES["log"]).read_text()  # nothing half-made was used
+    assert len(features._entries()) == 2
+    filler.unlink()
+
+    # 3. With room again, a new run works (on the features run 2 wrote) and its model predicts.
+    run_dir = jobs.start(config, runs_dir)
+    status = _wait_end(run_dir)
+    run = runs.read_run(run_dir)
+    assert status["state"] == "finished" and run.usable, (run_dir / "worker.log").read_text()[-3000:]
+    assert run.metrics["feature_cache"] == "hit"
+    out = small_disk / "predict.log"
+    image = next((tiny_dataset / "blue").iterdir())
+    code = warm_python.run("lib", "predict", "--run", str(run_dir), "--json", str(image), log=out)
+    assert code == 0 and '"ok": true' in out.read_text(), out.read_text()[-3000:]
+    for folder, before in untouched.items():
+        assert _snapshot(folder) == before
+    print(
+        "\nfeature write: " + reasons[0] + "\nmodel saving: " + reasons[1] + "\n"
+        f"full-disk test took {time.monotonic() - began:.0f} s (load average {os.getloadavg()[0]:.1f})"
+    )
+
+
+def test_a_file_size_limit_fails_a_cli_run_as_disk_full(
+    tiny_dataset, small_cnn_weights, tmp_path, warm_python
+):
+    """`python -m lib train` under RLIMIT_FSIZE: model.keras (1.6 MB) can't be written, the feature
+    cache (50 KB) can; writes past the limit fail with EFBIG (SIGXFSZ is ignored)."""
+    began = time.monotonic()
+    runs_dir, log = tmp_path / "models", tmp_path / "train.log"
+    args = ["--data", str(tiny_dataset), "--base", "SmallCNN", "--weights", str(small_cnn_weights)]
+    args += ["--image-size", "32", "--epochs", "2", "--runs-dir", str(runs_dir), "--quiet"]
+    code = warm_python.run("lib", "train", *args, log=log, fsize=512 * 1024)
+    (run_dir,) = runs_dir.iterdir()
+    status = runs.read_status(run_dir)
+    assert code == 1 and f"error: {runs.DISK_FULL}" in log.read_text(), log.read_text()[-3000:]
+    assert status["state"] == "failed" and status["kind"] == "disk" and status["reason"] == runs.DISK_FULL
+    assert not (run_dir / RUN_FILES["model"]).exists()
+    assert not _temporaries(runs_dir, settings.cache_dir())
+    (entry,) = features._entries()
+    assert features._open(entry) is not None  # written below the limit: whole, and kept
+    print(f"\nfile-size-limit test took {time.monotonic() - began:.0f} s")
