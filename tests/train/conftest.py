@@ -7,9 +7,10 @@ import pytest
 from tests.train.warm import WarmPython
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def warm_python():
-    """`python -m ...` processes forked from an interpreter that imported TensorFlow once."""
+    """`python -m ...` processes forked from an interpreter that imported TensorFlow once (per test
+    module: its memory goes back when the module's tests are done)."""
     server = WarmPython()
     try:
         yield server
@@ -17,7 +18,7 @@ def warm_python():
         server.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def small_cnn_weights(warm_python, tmp_path_factory):
     """A weights file for SmallCNN at 32 px (untrained): a frozen base that is cheap to build."""
     path = tmp_path_factory.mktemp("weights") / "small_cnn_32.weights.h5"
