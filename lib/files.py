@@ -220,6 +220,23 @@ def clean_temp_tree(root: str | Path, depth: int) -> int:
 # Disk space
 # ----------------------------------------------------------------------------------------------
 
+# A write the disk refused for lack of room: no space left, over a quota, or over the process's
+# file-size limit (RLIMIT_FSIZE; Python ignores SIGXFSZ, so the write fails with EFBIG instead).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether an error is the disk refusing a write, or was raised from (or while handling) one:
+    libraries that write files (Keras saving a model, h5py, zipfile) may wrap it or fail again
+    while cleaning up."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
 
 def free_bytes(path: str | Path) -> int:
     """Free bytes on the disk holding `path` (or its nearest existing parent), for this user."""
@@ -270,7 +287,7 @@ def preallocate(path: str | Path, what: str) -> None:
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+        if exc.errno in DISK_FULL_ERRNOS:
             raise DiskFull(disk_full_message(what, size, free_bytes(path))) from exc
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             raise

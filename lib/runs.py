@@ -14,7 +14,6 @@ raises a UserError in plain words when a run can't be used for evaluation, predi
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import numbers
 import os
@@ -517,7 +516,7 @@ def recording_status(run_dir: str | Path) -> Iterator[Outcome]:
         outcome.state, outcome.error = "failed", exc
         if _looks_out_of_memory(exc):
             outcome.reason, outcome.kind = OUT_OF_MEMORY, "memory"
-        elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        elif files.is_disk_full(exc):  # no space left, over a quota or over a file-size limit
             outcome.reason, outcome.kind = DISK_FULL, "disk"
         else:
             outcome.kind = "error"

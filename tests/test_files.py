@@ -142,7 +142,8 @@ def test_free_bytes_asks_the_nearest_existing_folder(tmp_path):
     assert files.free_bytes(tmp_path / "does" / "not" / "exist") == shutil.disk_usage(tmp_path).free
 
 
-def test_preallocate_reserves_a_sparse_file_and_says_disk_full(tmp_path, monkeypatch):
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
+def test_preallocate_reserves_a_sparse_file_and_says_disk_full(tmp_path, monkeypatch, code):
     path = tmp_path / "features.npy"
     with open(path, "wb") as fh:
         fh.truncate(4 * 1024 * 1024)  # sparse, like a fresh memmap
@@ -150,8 +151,8 @@ def test_preallocate_reserves_a_sparse_file_and_says_disk_full(tmp_path, monkeyp
     if os.stat(path).st_blocks * 512 < 4 * 1024 * 1024:
         pytest.fail(f"blocks not reserved: {os.stat(path).st_blocks * 512} bytes")
 
-    def full(fd, offset, length):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full(fd, offset, length):  # no space left, over a quota, over the file-size limit
+        raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(files.os, "posix_fallocate", full)
     with pytest.raises(DiskFull, match="writing the image features needs 4.2 MB"):

@@ -233,6 +233,17 @@ def test_a_reused_pid_is_not_the_worker(tmp_path):
     assert runs.read_run(run).state == "interrupted"
 
 
+def _raised_while_handling(cause: BaseException) -> BaseException:
+    """What a library that writes files may raise: its own error, while handling the disk's."""
+    try:
+        try:
+            raise cause
+        except OSError:
+            raise RuntimeError("Unable to synchronously write data") from None
+    except RuntimeError as exc:
+        return exc
+
+
 @pytest.mark.parametrize(
     "error, state, kind, reason",
     [
@@ -243,6 +254,9 @@ def test_a_reused_pid_is_not_the_worker(tmp_path):
         (MemoryError(), "failed", "memory", runs.OUT_OF_MEMORY),
         (RuntimeError("OOM when allocating tensor"), "failed", "memory", runs.OUT_OF_MEMORY),
         (OSError(errno.ENOSPC, "No space left on device"), "failed", "disk", runs.DISK_FULL),
+        (OSError(errno.EFBIG, "File too large"), "failed", "disk", runs.DISK_FULL),  # RLIMIT_FSIZE
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), "failed", "disk", runs.DISK_FULL),
+        (_raised_while_handling(OSError(errno.ENOSPC, "No space")), "failed", "disk", runs.DISK_FULL),
         (ValueError("bad shape\nmore"), "failed", "error", "Training stopped with an error: bad shape"),
     ],
 )

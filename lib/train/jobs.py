@@ -191,12 +191,15 @@ def active_jobs(runs_dir: Path) -> list[Run]:
 
 
 def reconcile(runs_dir: Path) -> list[Path]:
-    """Mark runs left 'queued'/'running' by a dead process (server restart, crash) as interrupted."""
+    """Mark runs left 'queued'/'running' by a dead process (server restart, crash, kill) as
+    interrupted, and remove the temporary files it left in the run folder (a half-written model or
+    checkpoint: the server may run for weeks between the starts that clean up everywhere)."""
     _reap()
     changed = []
     for run in runs.list_runs(Path(runs_dir)):
         if run.status.get("state") in ACTIVE_STATES and run.state == "interrupted":
             runs.write_status(run.path, "interrupted", reason=INTERRUPTED)
+            files.clean_temp_tree(run.path, 1)  # only files of processes that are gone
             changed.append(run.path)
     return changed
 
@@ -403,7 +406,9 @@ def view(run: Run) -> JobView:
         job.note = " ".join(str(x) for x in (run.config.get("weights_note"), m.get("fine_tuning")) if x)
     else:
         job.message = f"{state.capitalize()}: {run.reason or 'no reason recorded'}"
-        job.can_resume = state in RESUMABLE_STATES and not run.has_model
+        # A worker killed after saving model.keras but before finishing (detector, metrics, status)
+        # leaves a model the app won't use (the run isn't finished): Resume is still the way on.
+        job.can_resume = state in RESUMABLE_STATES
         if state == "failed" and run.status.get("kind") == "weights_unavailable":
             job.retry = offline_retry(TrainConfig.from_dict(run.config))
     return job

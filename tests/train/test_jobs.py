@@ -80,10 +80,14 @@ def test_restart_marks_orphaned_runs_interrupted(tiny_dataset, tmp_path):
     runs_dir = tmp_path / "models"
     run_dir = runs.create_run(runs_dir, _config(tiny_dataset))
     # a pid that cannot be alive: as if the server restarted while this run was training
-    runs.write_status(run_dir, "running", pid=2**22 + 12345, progress={"phase": "head", "epoch": 2})
+    dead = 2**22 + 12345
+    runs.write_status(run_dir, "running", pid=dead, progress={"phase": "head", "epoch": 2})
+    half = run_dir / f"{files.TEMP_PREFIX}model.keras.{dead}.0123abcd.keras"  # it was saving the model
+    half.write_bytes(b"half a model")
     assert jobs.reconcile(runs_dir) == [run_dir]
     status = runs.read_status(run_dir)
     assert status["state"] == "interrupted" and "stopped unexpectedly" in status["reason"]
+    assert not half.exists()
     # a live run is left alone
     other = runs.create_run(runs_dir, _config(tiny_dataset))
     runs.write_status(other, "running", pid=os.getpid())
@@ -127,6 +131,17 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tiny_dataset, tmp_path):
     assert list(history["epoch"]) == list(range(1, 13)), "epochs continue where the checkpoint left off"
     assert "Resumed from the checkpoint of epoch 5" in (run_dir / "log.txt").read_text()
     assert not (run_dir / "checkpoint.npz").exists()
+
+
+def test_a_run_killed_after_saving_its_model_but_before_finishing_can_be_resumed(tiny_dataset, tmp_path):
+    runs_dir = tmp_path / "models"
+    run_dir = runs.create_run(runs_dir, _config(tiny_dataset))
+    (run_dir / "model.keras").write_bytes(b"a model saved before the detector and metrics.json")
+    runs.write_status(run_dir, "running", pid=2**22 + 4321, progress={"phase": "saving"})
+    assert jobs.reconcile(runs_dir) == [run_dir]
+    run = runs.read_run(run_dir)
+    assert run.state == "interrupted" and not run.usable  # the app never uses that model...
+    assert jobs.view(run).can_resume  # ...and offers to resume the run
 
 
 def test_cancel_never_signals_a_process_that_only_shares_the_pid(tiny_dataset, tmp_path):
