@@ -14,8 +14,8 @@ a new browser context per page visit.
 
 Predict (the shipped demo model, copied into the temporary STUDIO_DEMO_DIR; photos of data/sample):
 - variants: `litert` (the demo's LiteRT model made already, as after the app's first start),
-  `keras`, and `litert-cold` (a fresh install: the cache is empty, so the demo's .tflite is made
-  on first use; --no-cold leaves it out).
+  `keras`, and with --cold `litert-cold` (a fresh install: the cache is empty, so the demo's
+  .tflite is made on first use, by the page and by the app's background child at once).
 - server: Popen -> /_stcore/health answers.
 - open: navigation to /Predict -> the page is idle ("This model knows ..." drawn, the script done).
 - first verdict: the file chooser is given one photo -> its verdict (an stAlert with "% sure",
@@ -477,7 +477,9 @@ def main() -> int:
     parser.add_argument(
         "--batch", type=int, default=20, help="photos in the further-photos batch (default 20)"
     )
-    parser.add_argument("--no-cold", action="store_true", help="leave out Predict's litert-cold variant")
+    parser.add_argument(
+        "--cold", action="store_true", help="add Predict's litert-cold variant (a fresh install)"
+    )
     parser.add_argument("--beans", type=Path, default=ROOT.parent / "shared" / "datasets" / "beans",
                         help="the beans photos (train/ and test/ class folders) for Evaluate's run")  # fmt: skip
     parser.add_argument(
@@ -499,7 +501,7 @@ def main() -> int:
     }
     predict_rows: list[dict] = []
     evaluate_rows: list[dict] = []
-    predict_variants = ["litert", "keras"] + ([] if args.no_cold else ["litert-cold"])
+    predict_variants = ["litert", "keras"] + (["litert-cold"] if args.cold else [])
     evaluate_variants = ["litert", "keras"] + (["before"] if args.app else [])
     run = None
     if args.part in ("evaluate", "both"):
@@ -594,6 +596,8 @@ def main() -> int:
             )
         print("ratios (medians): " + ", ".join(f"{k} {v}" for k, v in ratios.items()) + "  (target: >= 3)")
         result["evaluate"] = {"stats": stats, "ratios": ratios, "rows": evaluate_rows}
+    result["machine"] += f", {os.getloadavg()[0]:.1f} at the end (other work shares the cores)"
+    print(f"machine: {result['machine']}")
     failed = [r for r in predict_rows + evaluate_rows if "error" in r]
     for r in failed:
         print(f"FAILED {r['variant']}: {r['error']}")
