@@ -463,6 +463,7 @@ PREDICT_KEYS = [
 EVALUATE_KEYS = [
     ("server_s", "server start -> healthy (s)"),
     ("first_open_s", "open /Evaluate -> matrix (s)"),
+    ("first_open_cpu_server_s", "  server CPU (s)"),
 ]
 
 
