@@ -425,6 +425,10 @@ def summary(rows: list[dict], keys: list[str]) -> dict:
     }
 
 
+def num(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+
+
 def table(stats: dict, keys: list[tuple[str, str]], variants: list[str]) -> None:
     width = max(len(label) for _, label in keys) + 2
     print("".ljust(width) + "".join(v.rjust(24) for v in variants))
@@ -432,7 +436,7 @@ def table(stats: dict, keys: list[tuple[str, str]], variants: list[str]) -> None
         cells = []
         for v in variants:
             s = stats.get(v, {}).get(key)
-            cells.append((f"{s['median']:.3g} ({s['min']:.3g}-{s['max']:.3g})" if s else "-").rjust(24))
+            cells.append((f"{num(s['median'])} ({num(s['min'])}-{num(s['max'])})" if s else "-").rjust(24))
         print(label.ljust(width) + "".join(cells))
 
 
@@ -481,6 +485,7 @@ def main() -> int:
     parser.add_argument(
         "--cold", action="store_true", help="add Predict's litert-cold variant (a fresh install)"
     )
+    parser.add_argument("--variants", help="Predict's variants, comma-separated (e.g. litert-cold)")
     parser.add_argument("--beans", type=Path, default=ROOT.parent / "shared" / "datasets" / "beans",
                         help="the beans photos (train/ and test/ class folders) for Evaluate's run")  # fmt: skip
     parser.add_argument(
@@ -502,7 +507,11 @@ def main() -> int:
     }
     predict_rows: list[dict] = []
     evaluate_rows: list[dict] = []
-    predict_variants = ["litert", "keras"] + (["litert-cold"] if args.cold else [])
+    predict_variants = (
+        args.variants.split(",")
+        if args.variants
+        else ["litert", "keras"] + (["litert-cold"] if args.cold else [])
+    )
     evaluate_variants = ["litert", "keras"] + (["before"] if args.app else [])
     run = None
     if args.part in ("evaluate", "both"):
