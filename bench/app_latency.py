@@ -40,10 +40,13 @@ with 22% of the photos in the test split: 1,016 test images; made once in --work
   them for every variant alike.
 - first open: navigation to /Evaluate -> the confusion matrix's plot is drawn (plotly's SVG in the
   page). It includes the server's first script run (imports of the page's modules), loading the
-  model (TensorFlow for keras), decoding and predicting 1,016 images and the browser drawing.
+  model (TensorFlow for keras), scanning the whole dataset (all 4,564 images: the page doesn't
+  reuse the scan training stored), decoding and predicting 1,016 images and the browser drawing.
 
 All times are wall clock through the browser: HTTP upload, the websocket round trip, Streamlit's
-script rerun and React drawing, on a machine that may be busy with other work. Medians are printed
+script rerun and React drawing, on a machine that may be busy with other work. Next to them, the
+CPU seconds (user + system) the server's processes and the browser used meanwhile: a busy
+machine stretches wall time far more than CPU time (though spinning thread pools inflate it too). Medians are printed
 with the min-max range, then one JSON line. Exit code 0 when every measurement finished.
 """
 
