@@ -46,8 +46,9 @@ with 22% of the photos in the test split: 1,016 test images; made once in --work
 All times are wall clock through the browser: HTTP upload, the websocket round trip, Streamlit's
 script rerun and React drawing, on a machine that may be busy with other work. Next to them, the
 CPU seconds (user + system) the server's processes and the browser used meanwhile: a busy
-machine stretches wall time far more than CPU time (though spinning thread pools inflate it too). Medians are printed
-with the min-max range, then one JSON line. Exit code 0 when every measurement finished.
+machine stretches wall time far more than CPU time (though spinning thread pools inflate it
+too). Medians are printed with the min-max range, then one JSON line. Exit code 0 when every
+measurement finished.
 """
 
 from __future__ import annotations
