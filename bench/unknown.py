@@ -196,10 +196,13 @@ def perfect_ece(probs: np.ndarray, rounds: int = 2000, seed: int = 0) -> list[fl
     return [round(float(v), 4) for v in np.percentile(values, [50, 2.5, 97.5])]
 
 
-def make_crop_set(beans: Path, out: Path, photos: int = 750, seed: int = 0) -> Path:
+def make_crop_set(
+    beans: Path, out: Path, photos: int = 750, seed: int = 0, shares: tuple[float, float] = (0.70, 0.85)
+) -> Path:
     """A larger 3-class set from the beans photos: each photo cut into its four quadrants (the four
     crops of one photo stay in one split, so no split sees another's photo); 70/15/15 by photo into
-    train/validation/test: ~3,000 images, ~450 of them test."""
+    train/validation/test (shares: where validation and test start): ~3,000 images, ~450 of them
+    test."""
     from PIL import Image
 
     if (out / "done").is_file():
@@ -210,7 +213,7 @@ def make_crop_set(beans: Path, out: Path, photos: int = 750, seed: int = 0) -> P
     chosen = [paths[i] for i in rng.choice(len(paths), min(photos, len(paths)), replace=False)]
     for n, path in enumerate(chosen):
         share = n / len(chosen)
-        split = "train" if share < 0.70 else "validation" if share < 0.85 else "test"
+        split = "train" if share < shares[0] else "validation" if share < shares[1] else "test"
         folder = out / split / path.parent.name
         folder.mkdir(parents=True, exist_ok=True)
         im = Image.open(path).convert("RGB")
