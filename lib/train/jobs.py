@@ -135,6 +135,7 @@ def _launch(run_dir: Path, resume: bool = False) -> None:
             env={**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
     _children.append(proc)
+    # the worker waits for these two (ticket first, status last: see _wait_for_launcher)
     files.write_json(ticket, {"pid": proc.pid, "pid_started": runs.process_started(proc.pid)})
     runs.write_status(run_dir, "queued", pid=proc.pid)
 
@@ -288,6 +289,15 @@ def _wait_for_slot(run_dir: Path, slots: int, cancel_flag: Path, ticket: Path | 
         ticket.unlink(missing_ok=True)
 
 
+def _wait_for_launcher(run_dir: Path) -> None:
+    """The app writes this worker's queue ticket and then its "queued" status (with its PID) just
+    after starting it: wait for them (at most TICKET_GRACE s), so a worker that starts fast never has
+    its own status overwritten by "queued", nor its ticket written again after it took a slot."""
+    deadline = time.monotonic() + TICKET_GRACE
+    while time.monotonic() < deadline and runs.read_status(run_dir).get("pid") != os.getpid():
+        time.sleep(0.05)
+
+
 def _watchdog(run_dir: Path, seconds: float) -> None:
     """A backstop behind the time limit: a run that has not stopped by itself soon after it (stuck
     in one long step) is ended by its own process, with a status saying why."""
@@ -310,6 +320,8 @@ def work(run_dir: Path, slots: int, resume: bool = False, ticket: Path | None = 
     run_dir = Path(run_dir)
     signal.signal(signal.SIGTERM, _on_sigterm)
     cancel_flag = run_dir / RUN_FILES["cancel"]
+    if ticket is not None:
+        _wait_for_launcher(run_dir)
     with runs.recording_status(run_dir) as outcome:
         slot = _wait_for_slot(run_dir, slots, cancel_flag, ticket)  # noqa: F841 - held until the process ends
         if limit := settings.job_time_limit_minutes() * 60:
