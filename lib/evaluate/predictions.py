@@ -27,7 +27,7 @@ from lib import files, runs
 from lib.data import curation
 from lib.data.feeder import Feeder
 from lib.data.layouts import scan_key
-from lib.data.scan import scan
+from lib.data.scan import load_scan
 from lib.errors import UserError
 from lib.evaluate.metrics import calibration, metrics_from_predictions, prob_column
 from lib.models import loader, unknown
@@ -129,9 +129,9 @@ def _split_fractions(run: Run) -> dict[str, float]:
 
 
 def _select_images(run: Run, root: Path, split: str) -> pd.DataFrame:
-    """Scan the dataset and return the usable rows to predict: columns path, split, actual."""
+    """The usable rows of the (cached) scan to predict: columns path, split, actual."""
     is_folder = split not in EVAL_SPLITS
-    result = scan(root, **_split_fractions(run))
+    result = load_scan(root, **_split_fractions(run))  # the scan training stored: no file read again
     data_classes = [str(c) for c in result.classes]
     if is_folder:
         if not set(data_classes) <= set(run.classes):
