@@ -79,13 +79,14 @@ else:
             file_name="predictions.csv",
             mime="text/csv",
         )
+    heat_slots = []  # every verdict is drawn before any heat map: those need TensorFlow (loaded on first use)
     for n, r in enumerate(results[:SHOWN]):
         with st.container(border=True):
             if not r.ok:
                 st.error(f"**{md_escape(r.name)}**: {md_escape(r.error)}")
                 continue
             left, right = st.columns([1, 1])
-            with right:  # the verdict first: the heat map needs TensorFlow, loaded on first use
+            with right:
                 st.caption(md_escape(r.name))
                 if r.known is False:  # the photo is still shown; no bars of kinds it isn't
                     st.info(md_escape(r.verdict))
@@ -97,12 +98,12 @@ else:
                         key=f"pbars_{n}",
                         config={"displayModeBar": False, "staticPlot": True},
                     )
-            if show_heat and n < HEAT_MAPS:
-                left.image(
-                    cached.heat_map(model, r), caption="Red: where the model looked most", width="stretch"
-                )
-            else:
-                left.image(r.image, width="stretch")
+            slot = left.empty()
+            slot.image(r.image, width="stretch")
+            if show_heat and len(heat_slots) < HEAT_MAPS:
+                heat_slots.append((slot, r))
+    for slot, r in heat_slots:
+        slot.image(cached.heat_map(model, r), caption="Red: where the model looked most", width="stretch")
     if len(results) > SHOWN:
         st.caption(f"The first {SHOWN} are shown; the table and the CSV hold all {len(results)}.")
 
