@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -134,6 +135,27 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         fsync_dir(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def exclusive(name: str) -> Iterator[None]:
+    """Hold a machine-wide lock named `name` (any text: a path, a key) while the block runs, so two
+    processes or threads never make the same expensive file at once (the second waits, then finds it
+    made). An fcntl lock in the cache: the kernel releases it if the holder dies."""
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): no lock, at worst the work is done twice
+        yield
+        return
+    folder = settings.cache_dir() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / (hashlib.sha256(name.encode()).hexdigest()[:24] + ".lock")
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def append_line(path: str | Path, text: str) -> None:

@@ -28,6 +28,7 @@ CACHE_FOLDERS = {
     "doctor": "colour layouts of images for the Data doctor (rebuilt when needed)",
     "curation": "your Data doctor decisions per dataset (relabel, exclude, keep; never cleared)",
     "checked-models": "model and weights files known to read safely (made here, or checked once)",
+    "locks": "empty files that let one process at a time make the same converted model",
 }
 
 

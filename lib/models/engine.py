@@ -168,7 +168,8 @@ class LiteModel:
     def _empty(self) -> dict[str, np.ndarray]:
         details = {d["index"]: d for d in self._interpreter.get_output_details()}
         return {
-            name: np.zeros((0, *details[i]["shape"][1:]), dtype=np.float32) for name, i in self.outputs.items()
+            name: np.zeros((0, *details[i]["shape"][1:]), dtype=np.float32)
+            for name, i in self.outputs.items()
         }
 
 
@@ -220,7 +221,9 @@ def graft_head(base: bytes, dense: list[tuple[np.ndarray, np.ndarray, str]]) -> 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(base))
     graph = model.subgraphs[0]
     signature = model.signatureDefs[0]
-    outputs = {o.name.decode() if isinstance(o.name, bytes) else o.name: o.tensorIndex for o in signature.outputs}
+    outputs = {
+        o.name.decode() if isinstance(o.name, bytes) else o.name: o.tensorIndex for o in signature.outputs
+    }
     if len(model.subgraphs) != 1 or list(outputs) != [FEATURES]:
         raise ValueError("the base is not a single-graph model with one features output")
     features = outputs[FEATURES]
@@ -266,7 +269,13 @@ def graft_head(base: bytes, dense: list[tuple[np.ndarray, np.ndarray, str]]) -> 
         options.fusedActivationFunction = (
             fb.ActivationFunctionType.RELU if activation == "relu" else fb.ActivationFunctionType.NONE
         )
-        operator(fb.BuiltinOperator.FULLY_CONNECTED, [x, weights, b], y, fb.BuiltinOptions.FullyConnectedOptions, options)
+        operator(
+            fb.BuiltinOperator.FULLY_CONNECTED,
+            [x, weights, b],
+            y,
+            fb.BuiltinOptions.FullyConnectedOptions,
+            options,
+        )
         x = y
         if activation == "softmax":
             y = tensor(f"head/dense{i}/softmax", [1, width])
@@ -342,6 +351,20 @@ def cached_conversion(
     images. Both files are written atomically, the record last; a conversion that failed or
     disagreed is remembered too, so it isn't tried again every time."""
     record = target.with_name(target.name + ".json")
+    found = _converted_already(target, record, identity)
+    if found is not None:
+        return found
+    # One conversion at a time per target (the app's background preparation and a page, two
+    # visitors): whoever waited finds it made.
+    with files.exclusive(f"conversion:{target.resolve()}"):
+        found = _converted_already(target, record, identity)
+        if found is not None:
+            return found
+        return _convert_and_keep(target, record, identity, make, check)
+
+
+def _converted_already(target: Path, record: Path, identity: dict[str, Any]) -> Converted | None:
+    """The kept conversion (or the kept failure) when its record names `identity`, else None."""
     try:
         meta = files.read_json(record)
         if meta.get("identity") == identity:
@@ -350,6 +373,16 @@ def cached_conversion(
             return Converted(LiteModel(target), meta.get("max_diff"), 0.0, True, path=target)
     except (OSError, ValueError, RuntimeError):
         pass  # missing, broken or stale: make it again
+    return None
+
+
+def _convert_and_keep(
+    target: Path,
+    record: Path,
+    identity: dict[str, Any],
+    make: Callable[[], bytes | tuple[Any, int, int | None]],
+    check: Callable[[LiteModel], float],
+) -> Converted:
     start = time.perf_counter()
     meta: dict[str, Any] = {"identity": identity, "versions": versions()}
     lite, data = None, b""
@@ -364,7 +397,9 @@ def cached_conversion(
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - an op TFLite lacks, a converter bug: Keras runs instead
-        meta.update(ok=False, max_diff=None, reason=f"conversion failed ({type(exc).__name__}: {str(exc)[:200]})")
+        meta.update(
+            ok=False, max_diff=None, reason=f"conversion failed ({type(exc).__name__}: {str(exc)[:200]})"
+        )
     meta["seconds"] = round(time.perf_counter() - start, 2)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

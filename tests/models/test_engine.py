@@ -79,11 +79,15 @@ def test_litert_features_agree_with_keras_and_the_conversion_is_shared(tmp_path,
     rng = np.random.default_rng(0)
     k1, b1 = rng.normal(size=(1280, 16)).astype("f4") * 0.05, rng.normal(size=16).astype("f4")
     k2, b2 = rng.normal(size=(16, 3)).astype("f4"), rng.normal(size=3).astype("f4")
-    grafted = engine.LiteModel(engine.graft_head(made.path.read_bytes(), [(k1, b1, "relu"), (k2, b2, "softmax")]))
+    grafted = engine.LiteModel(
+        engine.graft_head(made.path.read_bytes(), [(k1, b1, "relu"), (k2, b2, "softmax")])
+    )
     out = grafted(pixels[:5].astype(np.float32))
     logits = np.maximum(out[engine.FEATURES] @ k1 + b1, 0) @ k2 + b2
     expected = np.exp(logits - logits.max(1, keepdims=True))
-    np.testing.assert_allclose(out[engine.PROBABILITIES], expected / expected.sum(1, keepdims=True), atol=1e-5)
+    np.testing.assert_allclose(
+        out[engine.PROBABILITIES], expected / expected.sum(1, keepdims=True), atol=1e-5
+    )
     np.testing.assert_allclose(out[engine.FEATURES], reference[:5], atol=1e-3)
 
     again = engine.feature_engine(
@@ -99,9 +103,13 @@ def test_a_conversion_that_disagrees_falls_back_to_keras_and_is_remembered(tmp_p
     spec, base = _base_96()
     key_parts = {"base": "MobileNetV2", "weights": "bundled", "cut": None}
     pixels = _sample_pixels(96, 4)
-    first = engine.feature_engine(spec, 96, base, pooled=True, batch=8, key_parts=key_parts, check_pixels=pixels)
+    first = engine.feature_engine(
+        spec, 96, base, pooled=True, batch=8, key_parts=key_parts, check_pixels=pixels
+    )
     assert first.lite is None and "disagrees with Keras" in first.reason and not first.cached
-    second = engine.feature_engine(spec, 96, base, pooled=True, batch=8, key_parts=key_parts, check_pixels=pixels)
+    second = engine.feature_engine(
+        spec, 96, base, pooled=True, batch=8, key_parts=key_parts, check_pixels=pixels
+    )
     assert second.lite is None and second.cached and second.seconds == 0  # not converted again
 
 
@@ -118,7 +126,9 @@ def test_training_writes_a_tflite_that_predicts_like_keras_with_features(lite_ru
     metrics = runs.read_run(lite_run).metrics
     assert metrics["lite_model"] == loader.LITE_FILE and metrics["lite_max_difference"] <= engine.TOLERANCE
     assert metrics["lite_made"] == "grafted"  # the head went onto the shared converted base
-    assert metrics["feature_engine"] == "litert" and metrics["feature_engine_max_difference"] <= engine.TOLERANCE
+    assert (
+        metrics["feature_engine"] == "litert" and metrics["feature_engine_max_difference"] <= engine.TOLERANCE
+    )
 
     loader.clear()
     lite = loader.load(lite_run, "litert")
@@ -227,3 +237,35 @@ def test_the_engine_flag(lite_run, monkeypatch, capsys):
     assert cli.main(["predict", "--run", str(lite_run), str(photo), "--engine", "keras"]) == 0
     assert os.environ["STUDIO_ENGINE"] == "keras" and engine.choose() == "keras"
     assert capsys.readouterr().out.startswith(str(photo))
+
+
+def test_two_converters_of_one_model_convert_it_once(tmp_path, monkeypatch):
+    """The app's background preparation of the demo and a visitor's page both ask for the same
+    conversion: the second waits for the first and takes what it kept (here a remembered failure,
+    so no TensorFlow is needed)."""
+    import threading
+    import time
+
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+
+    def make():
+        calls.append(threading.current_thread().name)
+        time.sleep(0.5)
+        raise RuntimeError("no converter for this op")
+
+    results = []
+
+    def ask() -> None:
+        results.append(
+            engine.cached_conversion(tmp_path / "m.tflite", {"model": "x"}, make, lambda lite: 0.0)
+        )
+
+    threads = [threading.Thread(target=ask, name=f"visitor-{i}") for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert sorted(r.cached for r in results) == [False, True, True]
+    assert all(r.lite is None and "no converter" in r.reason for r in results)
