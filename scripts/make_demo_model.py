@@ -5,7 +5,11 @@ demo/<run-id>/, evaluates it on the sample's test split and writes demo/MODEL_CA
 run folder are relative to the repository, so the folder works on any machine. Older demo runs are
 replaced only after the new one has trained and loaded safely.
 
-    python scripts/make_demo_model.py            # about a minute on 2 CPU cores
+The run's LiteRT model (model.tflite, checked against Keras) ships in the folder too, so a fresh
+install answers its first visitor without a conversion.
+
+    python scripts/make_demo_model.py              # about a minute on 2 CPU cores
+    python scripts/make_demo_model.py --lite-only  # only add the LiteRT model to the demo that is there
 """
 
 from __future__ import annotations
@@ -207,11 +211,30 @@ Makerere AI Lab, labelled by experts of the National Crops Resources Research In
 """
 
 
+def ship_lite(run_dir: Path) -> Path:
+    """Put the run's LiteRT model (and its record) in the run folder, so a fresh install answers its
+    first visitor without converting anything (a conversion costs 10-20 s and loads TensorFlow)."""
+    from lib import runs
+    from lib.models import loader
+
+    converted = loader.run_lite(runs.open_run(run_dir))
+    if converted.lite is None or converted.path is None:
+        raise SystemExit(f"the demo model did not convert to LiteRT: {converted.reason}")
+    for name in (converted.path.name, converted.path.name + ".json"):
+        source = converted.path.with_name(name)
+        if source.resolve() != (run_dir / name).resolve():
+            shutil.copyfile(source, run_dir / name)
+    return run_dir / converted.path.name
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "demo"), help="demo folder (default: demo/)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument(
+        "--lite-only", action="store_true", help="only add the LiteRT model to the demo that is there"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -219,6 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["STUDIO_CACHE_DIR"] = cache  # a fresh feature cache: the rebuild doesn't depend on old files
 
     from lib import files, runs, settings
+
+    if args.lite_only:
+        try:
+            for run_dir in sorted(p for p in out.iterdir() if (p / "config.json").exists()):
+                print(f"LiteRT model kept in {ship_lite(run_dir)}")
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        return 0
     from lib.evaluate.predictions import evaluate
     from lib.models import safety
     from lib.train.config import TrainConfig
@@ -270,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             "built": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         _clean(run_dir)
+        ship_lite(run_dir)
         for old in previous:
             shutil.rmtree(old)
         print(json.dumps(summary, indent=2))
