@@ -21,14 +21,15 @@ from lib.models import build, loader, registry, unknown
 from lib.train import estimate, features
 from lib.train.config import TrainConfig
 from lib.train.recipe import train
+from tests.conftest import share_converted_models
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory):
-    """A private cache (features, scans) for this module; restored afterwards."""
-    path = tmp_path_factory.mktemp("train_cache")
+def cache_dir(tmp_path_factory, converted_models):
+    """A private cache (features, scans; the shared converted models) for this module; restored afterwards."""
+    path = share_converted_models(tmp_path_factory.mktemp("train_cache"), converted_models)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STUDIO_CACHE_DIR", str(path))
         mp.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
