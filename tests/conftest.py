@@ -31,6 +31,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """For pytest-xdist's --dist loadgroup: a test module's tests run on one worker (module-scoped
+    fixtures, like a training run or a set of exports, are made once), and the browser tests all on
+    one worker (one app server and one Chromium). A test's own xdist_group mark wins."""
+    for item in items:
+        if any(item.iter_markers("xdist_group")):
+            continue
+        path = Path(item.path).resolve()
+        group = "browser" if TESTS / "browser" in path.parents else path.relative_to(TESTS).as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 TINY_CLASSES = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (200, 40, 40)}
 TINY_PER_CLASS = 30
 TINY_SIZE = 64
