@@ -31,20 +31,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-TESTS = Path(__file__).resolve().parent
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's --dist loadfile (pyproject.toml), with the browser tests as one unit: each
+    test module runs on one worker (module-scoped fixtures, like a training run or a set of
+    exports, are made once) and all browser tests on one worker (one app server, one Chromium).
+    (--dist loadgroup would do it with marks, but xdist 3.8 can't rename pytest 9's test ids.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """For pytest-xdist's --dist loadgroup: a test module's tests run on one worker (module-scoped
-    fixtures, like a training run or a set of exports, are made once), and the browser tests all on
-    one worker (one app server and one Chromium). A test's own xdist_group mark wins."""
-    for item in items:
-        if any(item.iter_markers("xdist_group")):
-            continue
-        path = Path(item.path).resolve()
-        group = "browser" if TESTS / "browser" in path.parents else path.relative_to(TESTS).as_posix()
-        item.add_marker(pytest.mark.xdist_group(group))
+    class ModulesAndBrowser(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/browser" if path.startswith("tests/browser/") else path
+
+    return ModulesAndBrowser(config, log)
 
 
 TINY_CLASSES = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (200, 40, 40)}
