@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import share_converted_models
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -45,9 +47,12 @@ def app_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def app_url(app_home, sample_run):
-    """Start `streamlit run streamlit_app.py` on loopback (with one finished run) and wait until healthy."""
+def app_url(app_home, sample_run, converted_models):
+    """Start `streamlit run streamlit_app.py` on loopback (with one finished run) and wait until healthy.
+
+    Its cache shares the test run's converted models (the sample run made the base training uses)."""
     shutil.copytree(sample_run, app_home / "models" / sample_run.name)
+    share_converted_models(app_home / "cache", converted_models)
     port = _free_port()
     env = dict(os.environ)
     env.update(

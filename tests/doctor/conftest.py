@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from lib import settings
+from tests.conftest import share_converted_models
 
 FLIPS = {  # a training photo -> the class folder it is wrongly put in
     "train/healthy/00728.jpg": "bean_rust",
@@ -65,9 +66,9 @@ def make_planted(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def doctor_home(tmp_path_factory):
+def doctor_home(tmp_path_factory, converted_models):
     """A cache folder shared by one test module (the features are computed once)."""
-    return tmp_path_factory.mktemp("doctor-cache")
+    return share_converted_models(tmp_path_factory.mktemp("doctor-cache"), converted_models)
 
 
 @pytest.fixture

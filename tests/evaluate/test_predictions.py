@@ -21,6 +21,7 @@ from lib.errors import UserError
 from lib.evaluate import predictions as ev
 from lib.evaluate.report import write_report
 from lib.models import loader
+from tests.conftest import share_converted_models
 from tests.evaluate.conftest import _colour, _image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,14 +176,14 @@ def test_cli_prints_json_last_and_exit_codes(world, tmp_path):
         assert needle in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_the_shipped_demo_evaluates_from_any_working_folder(tmp_path, monkeypatch):
+def test_the_shipped_demo_evaluates_from_any_working_folder(tmp_path, monkeypatch, converted_models):
     """The demo records its dataset as "data/sample" (relative to the repository), and is read-only."""
     from lib import settings
 
     demo = settings.demo_run_dir()
     assert demo is not None
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(share_converted_models(tmp_path / "cache", converted_models)))
     before = sorted(p.name for p in demo.iterdir())
     df = ev.predict_split(demo, split="test")
     assert len(df) == 45 and df["correct"].mean() > 0.6
@@ -248,13 +249,13 @@ def test_calibrated_rows_show_the_temperature_like_predict():
         assert same.equals(df) and same is not df
 
 
-def test_evaluate_returns_the_calibrated_rows_of_the_shipped_demo(tmp_path, monkeypatch):
+def test_evaluate_returns_the_calibrated_rows_of_the_shipped_demo(tmp_path, monkeypatch, converted_models):
     from lib import settings
     from lib.models import unknown
 
     demo = settings.demo_run_dir()
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(share_converted_models(tmp_path / "cache", converted_models)))
     detector = unknown.load(demo / unknown.FILE_NAME)
     assert (
         detector is not None and detector.temperature != 1.0

@@ -18,13 +18,14 @@ import pytest
 from PIL import Image
 
 from lib.models import loader, registry
+from tests.conftest import made_once
 
 SIZE = 96
 COLOURS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (200, 40, 40)}
 
 
 # ---------------------------------------------------------------------------------------------
-# A run folder (also used by tests/test_export.py)
+# A run folder (shared by the serve tests; test_export.py exports it into its exports/ folder)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -77,9 +78,16 @@ def build_run(run_dir: Path, data_dir: Path, *, size: int = SIZE, epochs: int = 
     return run_dir
 
 
+def _build_shared_run(folder: Path, data_dir: Path) -> None:
+    run = build_run(folder / "20250101-000000-MobileNetV2", data_dir)
+    loader.load(run)  # its model.tflite, made once here rather than by each worker that loads it
+
+
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory, tiny_dataset) -> Path:
-    return build_run(tmp_path_factory.mktemp("runs") / "20250101-000000-MobileNetV2", tiny_dataset)
+    """The serve tests' run (read-only: copy it to change it), with its LiteRT model made."""
+    runs = made_once(tmp_path_factory, "serve-runs", lambda folder: _build_shared_run(folder, tiny_dataset))
+    return runs / "20250101-000000-MobileNetV2"
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Export: each format loads back with plain TensorFlow / Keras / LiteRT and predicts like the app.
 
-One small run (see tests/serve/conftest.py: MobileNetV2 at 96 px on conftest's colour classes) is
-exported once in every format; the tests then unzip and reload the files themselves.
+A copy of the serve tests' run (tests/serve/conftest.py: MobileNetV2 at 96 px on conftest's colour
+classes, with its model.tflite) is exported once in every format; the tests then unzip and reload
+the files themselves.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from lib.data.images import decode
 from lib.errors import UserError
 from lib.models import loader
 from lib.serve import export as ex
-from tests.serve.conftest import SIZE, build_run
+from tests.serve.conftest import SIZE
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_dataset) -> Path:
-    return build_run(tmp_path_factory.mktemp("export_runs") / "20250102-000000-MobileNetV2", tiny_dataset)
+def run_dir(run_dir, tmp_path_factory) -> Path:
+    """A copy of the serve tests' run (exports go into the run folder; a test touches model.keras)."""
+    copy = tmp_path_factory.mktemp("export_runs") / "20250102-000000-MobileNetV2"
+    shutil.copytree(run_dir, copy)
+    return copy
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,14 @@ from lib.train import features
 from lib.train.config import TrainConfig
 from lib.train.items import training_data
 from lib.train.recipe import train
+from tests.conftest import share_converted_models
 
 HOUR = 3600.0
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+def cache(tmp_path, monkeypatch, converted_models):
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(share_converted_models(tmp_path / "cache", converted_models)))
     monkeypatch.setenv("STUDIO_FEATURE_CACHE_MB", "1")  # 1,000,000 bytes
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     return tmp_path / "cache" / "features"

@@ -15,11 +15,12 @@ from lib.models import registry
 from lib.train import jobs
 from lib.train.config import TrainConfig
 from lib.train.recipe import train
+from tests.conftest import share_converted_models
 
 
 @pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+def _cache(tmp_path, monkeypatch, converted_models):
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(share_converted_models(tmp_path / "cache", converted_models)))
 
 
 def _wait(run_dir: Path, states, timeout=180.0) -> dict:

@@ -21,14 +21,15 @@ from lib.models import build, loader, registry, unknown
 from lib.train import estimate, features
 from lib.train.config import TrainConfig
 from lib.train.recipe import train
+from tests.conftest import share_converted_models
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory):
-    """A private cache (features, scans) for this module; restored afterwards."""
-    path = tmp_path_factory.mktemp("train_cache")
+def cache_dir(tmp_path_factory, converted_models):
+    """A private cache (features, scans; the shared converted models) for this module; restored afterwards."""
+    path = share_converted_models(tmp_path_factory.mktemp("train_cache"), converted_models)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STUDIO_CACHE_DIR", str(path))
         mp.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -190,11 +191,12 @@ def test_augmented_views_are_cached_and_train(tiny_dataset, tmp_path, cache_dir)
 
 def test_fine_tuning_runs_and_keeps_the_better_weights(tiny_dataset, tmp_path):
     recorder = Recorder()
-    # The bundled file as a local weights file works at any size; 96 px keeps this quick.
+    # The bundled file as a local weights file works at any size; 32 px keeps this quick (the
+    # colours stay separable) and shares its converted base with test_jobs' resume test.
     config = _config(
         tiny_dataset,
         weights=str(registry.get_base("MobileNetV2").bundled),
-        image_size=96,
+        image_size=32,
         epochs=5,
         fine_tune_layers=10,
         fine_tune_epochs=1,
@@ -210,7 +212,7 @@ def test_fine_tuning_runs_and_keeps_the_better_weights(tiny_dataset, tmp_path):
     model = loader.load(tmp_path / "ft").keras_model
     # BatchNorm statistics are unchanged by fine-tuning (inference mode), so the base still
     # matches the bundled weights there.
-    reference = build.build_base("MobileNetV2", 96, "bundled")
+    reference = build.build_base("MobileNetV2", 32, "bundled")
     np.testing.assert_allclose(
         model.get_layer("base").get_layer("Conv_1_bn").moving_mean.numpy(),
         reference.get_layer("Conv_1_bn").moving_mean.numpy(),

@@ -7,6 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from lib.data import curation
+from tests.conftest import share_converted_models
 from tests.doctor.conftest import flipped_paths, folder_hash, make_planted
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,10 +20,10 @@ def planted(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_dirs(tmp_path_factory, monkeypatch):
+def _isolated_dirs(tmp_path_factory, monkeypatch, converted_models):
     home = tmp_path_factory.getbasetemp() / "doctor-page-home"
     monkeypatch.setenv("STUDIO_RUNS_DIR", str(home / "models"))
-    monkeypatch.setenv("STUDIO_CACHE_DIR", str(home / "cache"))
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(share_converted_models(home / "cache", converted_models)))
     monkeypatch.setenv("STUDIO_DEMO_DIR", str(home / "no-demo"))
 
 

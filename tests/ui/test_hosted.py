@@ -7,14 +7,15 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from lib import settings, workspace
+from tests.conftest import share_converted_models
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
-def _hosted(tmp_path, monkeypatch):
+def _hosted(tmp_path, monkeypatch, converted_models):
     monkeypatch.setenv("STUDIO_HOSTED", "1")
-    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(share_converted_models(tmp_path / "cache", converted_models)))
     monkeypatch.setenv("STUDIO_RUNS_DIR", str(tmp_path / "shared-models"))
 
 

@@ -5,14 +5,16 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.conftest import share_converted_models
+
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = ["pages/1_Dataset.py", "pages/2_Train.py", "pages/3_Evaluate.py", "pages/4_Predict.py"]
 
 
 @pytest.fixture(autouse=True)
-def _isolated_dirs(tmp_path, monkeypatch):
+def _isolated_dirs(tmp_path, monkeypatch, converted_models):
     monkeypatch.setenv("STUDIO_RUNS_DIR", str(tmp_path / "models"))
-    monkeypatch.setenv("STUDIO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(share_converted_models(tmp_path / "cache", converted_models)))
     monkeypatch.setenv("STUDIO_DEMO_DIR", str(tmp_path / "no-demo"))  # tests opt in to the demo model
 
 
