@@ -5,6 +5,7 @@ UserErrors (weights auto falls back to the bundled backbone offline), and the sa
 from __future__ import annotations
 
 import os
+import urllib.request
 
 import numpy as np
 import pytest
@@ -143,6 +144,9 @@ def test_imagenet_download_failure_says_so_in_plain_words(monkeypatch, tmp_path)
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
+    # urlopen keeps the first opener it builds (with the proxies of that moment) for the process:
+    # start from none and put the previous one back, so later tests in this worker are not proxied.
+    monkeypatch.setattr(urllib.request, "_opener", None)
     with pytest.raises(UserError) as info:
         build.build_base("MobileNetV3Small", 32, "imagenet")
     message = str(info.value)

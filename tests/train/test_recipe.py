@@ -267,8 +267,10 @@ def test_bad_data_and_settings_are_user_errors(tiny_dataset, tmp_path):
         train(_config(one_class), tmp_path / "r1")
     bad = tmp_path / "bad.weights.h5"
     bad.write_bytes(b"nope")
-    with pytest.raises(UserError, match="does not fit MobileNetV2"):
+    with pytest.raises(UserError, match="bad.weights.h5 cannot be used: This is not a Keras weights file"):
         train(_config(tiny_dataset, weights=str(bad)), tmp_path / "r2")
+    with pytest.raises(UserError, match="does not fit MobileNetV2"):
+        train(_config(tiny_dataset, weights=str(_other_network_weights(tmp_path))), tmp_path / "r3")
     with pytest.raises(UserError, match="bundled offline weights for MobileNetV2 only"):
         _config(tiny_dataset, base="ResNet50").resolved()
     with pytest.raises(UserError, match="Optimizer"):
@@ -313,6 +315,16 @@ def test_estimates_are_positive_and_cache_aware():
 # ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
+
+
+def _other_network_weights(folder: Path) -> Path:
+    """A genuine Keras weights file, saved from a small network that is not MobileNetV2."""
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    path = folder / "other.weights.h5"
+    model.save_weights(str(path))
+    return path
 
 
 def _cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
@@ -375,8 +387,7 @@ def test_cli_bad_arguments_exit_2_with_one_line(tiny_dataset, tmp_path, cache_di
 
 
 def test_cli_failure_in_training_marks_the_run_failed(tiny_dataset, tmp_path, cache_dir):
-    bad = tmp_path / "bad.weights.h5"
-    bad.write_bytes(b"nope")
+    bad = _other_network_weights(tmp_path)
     result = _cli(
         "--data", str(tiny_dataset), "--weights", str(bad), "--runs-dir", str(tmp_path / "m"), cache=cache_dir
     )
