@@ -202,6 +202,11 @@ SHAPE_FIELDS = {
     "padding": 8192,  # ZeroPadding (Conv's "same"/"valid" are words)
     "dims": 64,  # Permute
 }
+# Fields whose meaning depends on the layer: the studio's KnownScore has "dims" (the feature width,
+# 1,280 for MobileNetV2) where Permute has a permutation of axes.
+LAYER_SIZE_FIELDS = {
+    "KnownScore": {"classes": MAX_WIDTH, "dims": MAX_WIDTH, "references": 1 << 22},
+}
 MAX_DIM = 1 << 20  # one dimension of any shape (input shapes, Reshape targets, EinsumDense outputs)
 MAX_TENSOR = 1 << 28  # values in one example of any declared shape (1 GB of float32)
 WORD_FIELDS = {"padding"}  # fields that may also be a word
@@ -516,8 +521,11 @@ def _check_sizes(cls: str, *settings_: dict[str, Any]) -> None:
     for values in settings_:
         layer = _clean(values.get("name", "")) if isinstance(values.get("name"), str) else ""
         where = f"{_clean(cls)} layer {layer}".strip() if layer else _clean(cls)
+        own = LAYER_SIZE_FIELDS.get(cls, {})
         for key, value in values.items():
-            if key in SIZE_FIELDS:
+            if key in own:
+                _check_numbers(where, key, value, own[key], nested=False)
+            elif key in SIZE_FIELDS:
                 _check_numbers(where, key, value, SIZE_FIELDS[key], nested=False)
             elif key in SHAPE_FIELDS:
                 if key in WORD_FIELDS and isinstance(value, str):

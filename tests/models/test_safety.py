@@ -294,6 +294,23 @@ def test_the_shipped_demo_model_passes():
     assert config["class_name"] == "Functional"
 
 
+def test_an_export_with_the_known_score_of_a_real_base_passes_and_a_huge_one_is_refused(keras, tmp_path):
+    # The exported .keras carries the unknown-photo detector: its width is the base's (1,280 here).
+    from lib.models.layers import KnownScore
+
+    inputs = keras.Input((1280,))
+    model = keras.Model(inputs, KnownScore(classes=3, dims=1280, references=50, name="known")(inputs))
+    path = tmp_path / "known.keras"
+    model.save(path)
+    loaded = safety.safe_load_model(path, max_mb=50, isolated=False)
+    assert loaded.get_layer("known").dims == 1280
+
+    def widen(config: dict) -> None:
+        _layers(config)[-1]["config"]["dims"] = 10**9
+
+    _refused(_rewrite(path, tmp_path / "wide.keras", widen), "KnownScore", "dims = 1,000,000,000")
+
+
 # ----------------------------------------------------------------------------------------------
 # Attack files: sizes declared to exhaust memory, malformed configs, files that break the parser
 # ----------------------------------------------------------------------------------------------
