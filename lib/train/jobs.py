@@ -6,7 +6,9 @@ can take one of N slot locks (fcntl locks, released by the kernel even if the pr
 Processes are known by PID *and* start time, so a PID reused after a restart is never taken for a
 worker (nor signalled by Cancel).
 
-Worker entry point: `python -m lib.train.jobs RUN_DIR`.
+Worker entry point: `python -m lib.train.jobs RUN_DIR`. A worker waiting in the queue holds only
+this module (about 20 MB): the training stack (numpy, pandas, TensorFlow …) is imported once it has
+a slot, so a full queue costs the server little memory.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from lib.errors import Cancelled, UserError
 from lib.runs import Run
 from lib.text import duration
 from lib.train.config import TrainConfig, offline_retry
-from lib.train.recipe import train
 from lib.vocab import ACTIVE_STATES, DONE_STATES, EPOCH_PHASES, RESUMABLE_STATES, RUN_FILES
 
 WATCHDOG_GRACE = 180.0  # seconds past the time limit before a worker that didn't stop ends itself
@@ -327,6 +328,8 @@ def work(run_dir: Path, slots: int, resume: bool = False, ticket: Path | None = 
         if limit := settings.job_time_limit_minutes() * 60:
             _watchdog(run_dir, limit + WATCHDOG_GRACE)
         runs.write_status(run_dir, "running", pid=os.getpid(), progress={"phase": "starting"})
+        from lib.train.recipe import train  # lazy: it brings TensorFlow, a queued worker stays small
+
         config = TrainConfig.from_file(run_dir / RUN_FILES["config"])
         on_progress = runs.progress_writer(run_dir, pid=os.getpid())
         metrics = train(

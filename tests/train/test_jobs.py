@@ -55,6 +55,30 @@ def test_job_finishes_and_the_next_one_waits_in_the_queue(tiny_dataset, tmp_path
     assert status["state"] == "cancelled" and not (second / "model.keras").exists()
 
 
+def test_a_job_waiting_in_the_queue_holds_little_memory(tiny_dataset, tmp_path):
+    """A full queue (STUDIO_MAX_QUEUED_JOBS workers, most of them waiting) must not cost the server
+    a training stack per waiting worker: numpy, pandas and TensorFlow load once a job has its slot
+    (a waiting worker used to hold 108 MB, 5 of them half a gigabyte)."""
+    import psutil
+
+    slot = jobs._take_slot(1)  # the only slot is busy: the job has to wait
+    try:
+        run_dir = jobs.start(_config(tiny_dataset), tmp_path / "models")
+        deadline = time.time() + 120
+        while "position" not in (status := runs.read_status(run_dir)) and time.time() < deadline:
+            time.sleep(0.2)  # the worker writes its position once it waits in the queue
+        assert status.get("state") == "queued" and status.get("position") == 1, status
+        worker = psutil.Process(status["pid"])
+        maps = Path(f"/proc/{worker.pid}/maps")
+        if maps.exists():
+            assert "_multiarray_umath" not in maps.read_text(), "a waiting worker imported numpy"
+        assert worker.memory_info().rss < 50 * 2**20, worker.memory_info()
+        jobs.cancel(run_dir)
+        assert runs.read_status(run_dir)["state"] == "cancelled"
+    finally:
+        slot.close()
+
+
 def test_cancel_stops_a_running_job_at_once(tiny_dataset, tmp_path):
     run_dir = jobs.start(_config(tiny_dataset, epochs=400, early_stopping=0), tmp_path / "models")
     status = _wait(run_dir, {"running"})
