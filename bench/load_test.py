@@ -222,9 +222,9 @@ async def picker_options(page, key: str) -> list[str] | None:
 async def open_train_with_sample(page) -> None:
     """Dataset: the sample; Train: the bundled offline backbone (the page is then ready to start)."""
     await page.get_by_role("button", name="Use the sample").click()
-    await page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+    await page.locator(".js-plotly-plot").first.wait_for(timeout=PAGE_TIMEOUT_MS)
     await goto_page(page, "Train")
-    await page.get_by_role("button", name="Start training").wait_for(timeout=120_000)
+    await page.get_by_role("button", name="Start training").wait_for(timeout=PAGE_TIMEOUT_MS)
     await page.locator(".st-key-t_weights").click()
     await page.get_by_role("option", name=re.compile("Bundled offline backbone")).click()
     await wait_for_app(page)
