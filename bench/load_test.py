@@ -266,7 +266,7 @@ async def arrive(page, v: Visitor, url: str, deadline: float) -> float:
     """Open Predict without a token: the server issues the workspace. Returns when it was opened."""
     opened = time.monotonic()
     await page.goto(f"{url}/Predict")
-    v.token = await issued_token(page)
+    v.token = await issued_token(page, PAGE_TIMEOUT_MS / 1000)  # a busy server answers late
     if v.token is None:
         raise RuntimeError(f"the server put no workspace token in the URL ({page.url})")
     return opened
@@ -409,7 +409,7 @@ async def pixel_bomb(browser, h: PixelBomb, url: str, deadline: float) -> None:
     context, page = await new_page(browser)
     try:
         await page.goto(f"{url}/Predict")
-        h.token = await issued_token(page)
+        h.token = await issued_token(page, PAGE_TIMEOUT_MS / 1000)
         await wait_for_app(page)
         uploader = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
         await uploader.wait_for(state="attached", timeout=max(1.0, deadline - time.monotonic()) * 1000)
