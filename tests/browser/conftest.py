@@ -7,6 +7,7 @@ download does not work on these machines).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -46,21 +47,19 @@ def app_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("app-home")
 
 
-@pytest.fixture(scope="session")
-def app_url(app_home, sample_run, converted_models):
-    """Start `streamlit run streamlit_app.py` on loopback (with one finished run) and wait until healthy.
-
-    Its cache shares the test run's converted models (the sample run made the base training uses)."""
-    shutil.copytree(sample_run, app_home / "models" / sample_run.name)
-    share_converted_models(app_home / "cache", converted_models)
+@contextlib.contextmanager
+def running_app(home: Path, **env: str):
+    """`streamlit run streamlit_app.py` on loopback with its runs and caches in `home` (and `env`),
+    healthy; yields its URL and stops it afterwards."""
     port = _free_port()
-    env = dict(os.environ)
-    env.update(
-        STUDIO_RUNS_DIR=str(app_home / "models"),
-        STUDIO_CACHE_DIR=str(app_home / "cache"),
+    full_env = dict(os.environ)
+    full_env.update(
+        STUDIO_RUNS_DIR=str(home / "models"),
+        STUDIO_CACHE_DIR=str(home / "cache"),
         PYTHONUNBUFFERED="1",
+        **env,
     )
-    log = open(app_home / "streamlit.log", "w")  # noqa: SIM115
+    log = open(home / "streamlit.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
@@ -68,27 +67,42 @@ def app_url(app_home, sample_run, converted_models):
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
             "--server.fileWatcherType", "none",
         ],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
+    # Loopback, never through a proxy the environment (or an earlier test) configured.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.time() + 90
     while time.time() < deadline:
         try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+            with opener.open(url + "/_stcore/health", timeout=2) as r:
                 if r.status == 200:
                     break
         except OSError:
             time.sleep(0.3)
     else:
         proc.kill()
-        raise RuntimeError("the app did not start: " + (app_home / "streamlit.log").read_text())
-    yield url
-    proc.terminate()
+        raise RuntimeError("the app did not start: " + (home / "streamlit.log").read_text())
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(app_home, sample_run, converted_models):
+    """The app on loopback (with one finished run), shared by the session's tests.
+
+    Its cache shares the test run's converted models (the sample run made the base training uses)."""
+    shutil.copytree(sample_run, app_home / "models" / sample_run.name)
+    share_converted_models(app_home / "cache", converted_models)
+    with running_app(app_home) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
