@@ -457,6 +457,22 @@ def fit(
         "folds": FOLDS,
         "method": "Mahalanobis, class-conditional Gaussians, shared Ledoit-Wolf covariance, L2-normalised pooled features",
     }
+    temperature, calibration_info = choose_temperature(val_probs, val_labels, oof_probs, oof_labels, n_classes)
+    info.update(calibration_info)
+    return Detector(gaussians=gaussians, reference=reference, temperature=temperature, info=info)
+
+
+def choose_temperature(
+    val_probs: np.ndarray | None,
+    val_labels: np.ndarray | None,
+    oof_probs: np.ndarray | None,
+    oof_labels: np.ndarray | None,
+    n_classes: int,
+) -> tuple[float, dict[str, Any]]:
+    """The run's temperature and what unknown.npz records about it: fitted by NLL on the
+    out-of-fold probabilities plus validation when there are at least MIN_OOF_FOR_TEMPERATURE
+    out-of-fold images, else on validation alone (at least MIN_VAL_FOR_TEMPERATURE), else 1."""
+    info: dict[str, Any] = {}
     temperature = 1.0
     has_val = val_probs is not None and val_labels is not None and len(val_labels) > 0
     if has_val:
@@ -493,4 +509,4 @@ def fit(
     if has_val:
         after = calibrate(val_probs, temperature)
         info.update(val_ece_after=ece(after, val_labels), val_nll_after=nll(after, val_labels))
-    return Detector(gaussians=gaussians, reference=reference, temperature=temperature, info=info)
+    return temperature, info

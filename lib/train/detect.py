@@ -75,6 +75,24 @@ def _from_images(
     return out[:, :n_classes].astype(np.float64), out[:, n_classes:].astype(np.float64)
 
 
+def out_of_fold(
+    config: TrainConfig, data: TrainingData, cached: Features, head_epochs: int, session: Session
+) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, labels) of train+validation images, each predicted by a copy of the head
+    recipe trained without its fold (lib.train.head.out_of_fold_probs): what T is fitted on."""
+    items = _oof_items(data, config.seed)
+    probs = out_of_fold_probs(
+        config,
+        data,
+        cached,
+        items,
+        head_epochs or config.epochs,
+        session,
+        groups=[data.sha1[i] for i in items],
+    )
+    return probs, data.labels[items]
+
+
 def fit_detector(
     config: TrainConfig,
     data: TrainingData,
@@ -99,17 +117,7 @@ def fit_detector(
     val = part["validation"]
     oof_probs = oof_labels = None
     if head is not None and cached is not None:
-        oof_items = _oof_items(data, config.seed)
-        oof_labels = data.labels[oof_items]
-        oof_probs = out_of_fold_probs(
-            config,
-            data,
-            cached,
-            oof_items,
-            head_epochs or config.epochs,
-            session,
-            groups=[data.sha1[i] for i in oof_items],
-        )
+        oof_probs, oof_labels = out_of_fold(config, data, cached, head_epochs, session)
     detector = unknown.fit(
         feats[known],
         labels[known],
