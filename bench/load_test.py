@@ -44,7 +44,7 @@ What it assumes of the pages (hosted mode):
   uploader `[data-testid="stFileUploaderDropzoneInput"]`, verdicts in `[data-testid="stAlert"]`
   matching "% sure", "Not sure: could be" or "doesn't look like any", a batch summary
   "N photos judged[, M files could not be used]." and per-file refusals in error alerts.
-- Dataset: button "Use the sample". Train: weights picker `.st-key-t_weights` with the option
+- Dataset: button "Use the sample". Train: weights picker `.st-key-cfg_weights` with the option
   "Bundled offline backbone", button "Start training", the live job shows "Run <run-id> · <state>"
   and "Finished in" when done; a refused start shows an error alert. Evaluate: model picker
   `.st-key-eval_run`.
@@ -225,7 +225,7 @@ async def open_train_with_sample(page) -> None:
     await page.locator(".js-plotly-plot").first.wait_for(timeout=PAGE_TIMEOUT_MS)
     await goto_page(page, "Train")
     await page.get_by_role("button", name="Start training").wait_for(timeout=PAGE_TIMEOUT_MS)
-    await page.locator(".st-key-t_weights").click()
+    await page.locator(".st-key-cfg_weights").click()
     await page.get_by_role("option", name=re.compile("Bundled offline backbone")).click()
     await wait_for_app(page)
 

@@ -56,8 +56,10 @@ def max_decode_mb() -> int:
 
 
 def decode_budget_mb() -> int:
-    """Decoded pixels all threads of the process may hold at once; decodes beyond it wait."""
-    return max(max_decode_mb(), _int("STUDIO_DECODE_BUDGET_MB", 600))
+    """Decoded pixels all threads of the process may hold at once; decodes beyond it wait. Hosted:
+    300 (one largest image plus small ones), so a pixel-bomb zip beside a training job keeps the
+    whole app under 2 GB (bench/load_test.py)."""
+    return max(max_decode_mb(), _int("STUDIO_DECODE_BUDGET_MB", 300 if hosted() else 600))
 
 
 def max_predict_files() -> int:

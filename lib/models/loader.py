@@ -284,11 +284,14 @@ def run_lite(
     keras_model: Any = None,
     pixels: np.ndarray | None = None,
     made: Callable[[], bytes] | None = None,
+    reference: Callable[[np.ndarray], dict[str, np.ndarray] | None] | None = None,
 ) -> engine.Converted:
     """The run's full model (probabilities and pooled features) as LiteRT: its .tflite when one
     made from this model.keras exists, else converted now (Keras model given or loaded), checked
     against Keras on `pixels` (or generated images) and kept, in the run or in the cache. made():
-    the .tflite built another way (training grafts the head on the converted base), still checked."""
+    the .tflite built another way (training grafts the head on the converted base), still checked;
+    reference(pixels): what it must give, when computing that needs no Keras forward pass (None:
+    ask Keras)."""
     digest = model_digest(run)
     size = int(run.image_size or 0)
     identity = {"model_sha256": digest, "image_size": size}
@@ -315,8 +318,10 @@ def run_lite(
 
     def check(lite: engine.LiteModel) -> float:
         x = (engine.check_images(size) if pixels is None else np.asarray(pixels)).astype(np.float32)
-        reference = {k: np.asarray(v) for k, v in holder["fixed"](x, training=False).items()}
-        return engine.max_difference(reference, lite(x))
+        expected = reference(x) if reference is not None else None
+        if expected is None:
+            expected = {k: np.asarray(v) for k, v in holder["fixed"](x, training=False).items()}
+        return engine.max_difference(expected, lite(x))
 
     converted = engine.cached_conversion(lite_location(run, digest), identity, make, check)
     converted.keras_model = holder["keras"]
