@@ -190,14 +190,18 @@ def tree_cpu(pid: int) -> float:
 
 
 class MemorySampler(threading.Thread):
-    """RSS of the server plus all its descendants, every `every` seconds; keeps the peak and a
-    timeline. Also the CPU seconds used by the server's processes and by the browser (this script's
+    """Memory of the server plus all its descendants, every `every` seconds, as PSS (proportional
+    set size: a page shared by several processes, such as TensorFlow's libraries in the server and
+    a training worker, or a freshly forked child's copy-on-write pages, is counted once, split
+    between them; what the box really holds); the RSS sum (which counts shared pages once per
+    process) is kept beside it. Keeps the peaks and a timeline. Also the CPU seconds used by the server's processes and by the browser (this script's
     other children), which share the same cores."""
 
     def __init__(self, pid: int, every: float = 0.5, timeline: bool = True):
         super().__init__(daemon=True)
         self.pid, self.every, self.timeline = pid, every, timeline
-        self.peak_mb = 0.0
+        self.peak_mb = 0.0  # PSS summed
+        self.peak_rss_mb = 0.0  # RSS summed (shared pages counted once per process)
         self.peak_processes = 0
         self.peak_server_only_mb = 0.0  # the Streamlit process alone (loaded models, sessions)
         self.peak_workers = 0  # most processes besides the server seen at once (training workers)
@@ -215,19 +219,22 @@ class MemorySampler(threading.Thread):
         except psutil.Error:
             return
         while not self._stop_event.is_set():
-            total, count = 0, 0
+            total, total_rss, count = 0, 0, 0
             try:
                 procs = [root, *root.children(recursive=True)]
             except psutil.Error:
                 break
             for p in procs:
                 try:
-                    rss = p.memory_info().rss
+                    full = p.memory_full_info()
+                    rss = full.rss
+                    pss = getattr(full, "pss", rss)
                     cpu = p.cpu_times()
                 except psutil.Error:
                     continue
                 self.cpu_server[p.pid] = cpu.user + cpu.system
-                total += rss
+                total += pss
+                total_rss += rss
                 count += 1
                 if p is root:
                     self.peak_server_only_mb = max(self.peak_server_only_mb, rss / 2**20)
@@ -236,6 +243,7 @@ class MemorySampler(threading.Thread):
             mb = total / 2**20
             if self.timeline:
                 self.samples.append((round(time.monotonic() - start, 1), round(mb, 1), count))
+            self.peak_rss_mb = max(self.peak_rss_mb, total_rss / 2**20)
             if mb > self.peak_mb:
                 self.peak_mb, self.peak_processes = mb, count
             self._stop_event.wait(self.every)

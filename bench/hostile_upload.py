@@ -60,7 +60,7 @@ def main() -> int:
         result = {
             "app": args.app,
             "upload_kb": round(upload.stat().st_size / 1024),
-            "peak_mb_over_before": round(max(0.0, sampler.peak_mb - base_rss / 2**20)),
+            "peak_mb_over_before": round(max(0.0, sampler.peak_rss_mb - base_rss / 2**20)),
             "cpu_seconds": round(hosted.tree_cpu(server.pid) - base_cpu, 1),
             "wall_seconds": round(seconds, 1),
             "answered": next((line for line in text.splitlines() if "judged" in line), ""),

@@ -568,8 +568,9 @@ def bomb_report(h: PixelBomb, limit: float) -> dict:
 
 
 def filler_report(h: QueueFiller, max_queued: int, peak_workers: int) -> dict:
-    """Bounded: no forged token adopted, no traceback, no second job in one workspace, refused once
-    the server's queue was full, and never more training processes at once than the queue cap."""
+    """Bounded: no forged token adopted, no traceback, no second job in one workspace, and never
+    more training processes at once than the queue cap (the cap is on jobs at once: a queue that
+    drains as jobs finish takes new ones, so jobs queued over the whole test may exceed it)."""
     outcomes = Counter(a.outcome for a in h.attempts)
     sentences = Counter(a.sentence for a in h.attempts if a.outcome == "refused")
     seconds = Counter(f"{a.second_outcome}: {a.second_press}" for a in h.attempts if a.second_outcome)
@@ -580,7 +581,6 @@ def filler_report(h: QueueFiller, max_queued: int, peak_workers: int) -> dict:
         and not h.exceptions
         and not two_jobs
         and peak_workers <= max_queued
-        and (queued <= max_queued or outcomes["refused"] > 0)
     )
     return {
         "attempts": len(h.attempts),
@@ -712,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         "hostile": hostile,
         "hostile_refused_or_bounded": hostile_ok if hostile else None,
         "peak_server_memory_mb": round(sampler.peak_mb, 1),
+        "peak_server_memory_rss_sum_mb": round(sampler.peak_rss_mb, 1),
         "memory_target_mb": args.memory_target_mb,
         "memory_under_target": memory_ok,
         "processes_at_peak": sampler.peak_processes,
@@ -807,9 +808,10 @@ def print_report(report: dict, args: argparse.Namespace, warm: bool) -> None:
                 print(f"  attempt {a_['n']}: {a_['sentence']}")
     verdict = "under" if report["memory_under_target"] else "OVER"
     print(
-        f"peak server memory: {report['peak_server_memory_mb']:.0f} MB over {report['processes_at_peak']} processes, "
-        f"{verdict} the {args.memory_target_mb:.0f} MB target (the Streamlit process alone peaked at "
-        f"{report['peak_streamlit_process_mb']:.0f} MB)"
+        f"peak server memory (PSS: shared pages counted once): {report['peak_server_memory_mb']:.0f} MB over "
+        f"{report['processes_at_peak']} processes, {verdict} the {args.memory_target_mb:.0f} MB target (RSS summed "
+        f"over processes, shared pages once per process: {report['peak_server_memory_rss_sum_mb']:.0f} MB; "
+        f"the Streamlit process alone peaked at {report['peak_streamlit_process_mb']:.0f} MB RSS)"
     )
     print(
         f"CPU used: server and training workers {report['cpu_seconds']['server_and_workers']} s, "
