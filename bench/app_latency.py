@@ -67,7 +67,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.load_test import CHROMIUM, CHROMIUM_ARGS, _free_port, stop_server  # noqa: E402
+from bench.hosted import CHROMIUM, CHROMIUM_ARGS, stop_server  # noqa: E402
+from bench.hosted import free_port as _free_port  # noqa: E402
 
 VERDICTS = r"""n => [...document.querySelectorAll('[data-testid="stAlert"]')]
     .filter(e => /% sure|Not sure|doesn.t look like/.test(e.innerText)).length >= n"""
