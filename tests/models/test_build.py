@@ -90,7 +90,9 @@ def test_weights_auto_is_imagenet_online_and_the_bundled_backbone_offline(monkey
 
 def test_the_imagenet_probe_says_no_when_nothing_answers_and_remembers(monkeypatch):
     monkeypatch.setattr(build, "IMAGENET_HOST", ("127.0.0.1", 9))  # a closed port: fails at once
-    monkeypatch.setitem(build._probe, "at", 0.0)
+    # A probe record of its own: the "yes" this test ends with must not outlive it (later tests in
+    # this worker would then try to download ImageNet weights offline).
+    monkeypatch.setattr(build, "_probe", {"at": 0.0, "ok": False})
     assert build.imagenet_reachable() is False
     import socket
 
