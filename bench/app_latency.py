@@ -62,12 +62,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.hosted import CHROMIUM, CHROMIUM_ARGS, stop_server  # noqa: E402
+from bench.hosted import CHROMIUM, CHROMIUM_ARGS, stop_server, streamlit_command, wait_healthy  # noqa: E402
 from bench.hosted import free_port as _free_port  # noqa: E402
 
 VERDICTS = r"""n => [...document.querySelectorAll('[data-testid="stAlert"]')]
@@ -101,26 +100,11 @@ def start(app: Path, home: Path, env_extra: dict[str, str], timeout: float = 120
         (home / sub).mkdir(parents=True, exist_ok=True)
     port = _free_port()
     log = open(home / "streamlit.log", "w")  # noqa: SIM115 - closed by stop_server
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
-        "--server.port", str(port), "--server.address", "127.0.0.1",
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none",
-    ]  # fmt: skip
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(streamlit_command(port), cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT)
     proc.log, proc.started, proc.url = log, started, f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    while time.perf_counter() - started < timeout:
-        if proc.poll() is not None:
-            raise SystemExit("the app exited at start:\n" + (home / "streamlit.log").read_text()[-3000:])
-        try:
-            with urllib.request.urlopen(proc.url + "/_stcore/health", timeout=2) as r:  # type: ignore[attr-defined]
-                if r.status == 200:
-                    return proc, time.perf_counter() - started
-        except OSError:
-            time.sleep(0.05)
-    stop_server(proc)
-    raise SystemExit(f"the app did not become healthy within {timeout:.0f} s")
+    wait_healthy(proc, proc.url, home, timeout, poll=0.05)  # type: ignore[attr-defined]
+    return proc, time.perf_counter() - started
 
 
 def tensorflow_loaded(pid: int) -> bool:

@@ -74,6 +74,33 @@ def keep_conversion(home: Path) -> None:
         shutil.copytree(made, CONVERSIONS, dirs_exist_ok=True)
 
 
+def streamlit_command(port: int) -> list[str]:
+    """`streamlit run streamlit_app.py`, headless on 127.0.0.1:port, no usage stats, no file watcher."""
+    return [
+        sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
+        "--server.port", str(port), "--server.address", "127.0.0.1",
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none",
+    ]  # fmt: skip
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, home: Path, timeout: float, poll: float) -> float:
+    """Seconds (from now) until `url`/_stcore/health answers 200; SystemExit with the log's end when
+    the app exits first, or (the server stopped) after `timeout` seconds."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        if proc.poll() is not None:
+            raise SystemExit("the app exited at start:\n" + (home / "streamlit.log").read_text()[-3000:])
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return time.perf_counter() - started
+        except OSError:
+            time.sleep(poll)
+    stop_server(proc)
+    raise SystemExit(f"the app did not become healthy within {timeout:.0f} s")
+
+
 def start_server(
     home: Path, port: int, app: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 90
 ) -> subprocess.Popen:
@@ -101,26 +128,12 @@ def start_server(
         **(env or {}),
     }
     log = open(home / "streamlit.log", "w")  # noqa: SIM115 - closed with the server
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
-        "--server.port", str(port), "--server.address", "127.0.0.1",
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=app, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        streamlit_command(port), cwd=app, env=full_env, stdout=log, stderr=subprocess.STDOUT
+    )
     proc.log = log  # type: ignore[attr-defined]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("the app exited at start:\n" + (home / "streamlit.log").read_text()[-3000:])
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-    stop_server(proc)
-    raise SystemExit(f"the app did not become healthy within {timeout:.0f} s")
+    wait_healthy(proc, f"http://127.0.0.1:{port}", home, timeout, poll=0.3)
+    return proc
 
 
 def stop_server(proc: subprocess.Popen) -> None:
