@@ -202,6 +202,15 @@ def _slot_taken():
 # ----------------------------------------------------------------------------------------------
 
 
+def _predicts_and_nothing_else_changed(warm_python, run_dir: Path, image: Path, log: Path, untouched) -> None:
+    """The finished run predicts `image` (the CLI, JSON ok) and the folders in `untouched` are as
+    they were snapshotted."""
+    code = warm_python.run("lib", "predict", "--run", str(run_dir), "--json", str(image), log=log)
+    assert code == 0 and '"ok": true' in log.read_text(), log.read_text()[-3000:]
+    for folder, before in untouched.items():
+        assert _snapshot(folder) == before
+
+
 def _snapshot(folder: Path) -> dict[str, str]:
     """Every file under a folder with a digest of its bytes (to show a run was left untouched)."""
     return {
@@ -356,12 +365,9 @@ def test_sigkill_at_random_moments_leaves_runs_listable_resumable_and_whole(
     assert list(history["phase"]) == ["head"] * 3 and run.metrics["epochs_run"] == 3
     assert not (run_dir / RUN_FILES["checkpoint"]).exists()
     assert not _temporaries(runs_dir, settings.cache_dir())
-    out = tmp_path / "predict.log"
-    image = next((tiny_dataset / "red").iterdir())
-    code = warm_python.run("lib", "predict", "--run", str(run_dir), "--json", str(image), log=out)
-    assert code == 0 and '"ok": true' in out.read_text(), out.read_text()[-3000:]
-    for folder, files_before in untouched.items():
-        assert _snapshot(folder) == files_before
+    _predicts_and_nothing_else_changed(
+        warm_python, run_dir, next((tiny_dataset / "red").iterdir()), tmp_path / "predict.log", untouched
+    )
     jobs.reconcile(runs_dir)  # reaps the last workers (their CPU time counts then)
     print(
         f"\n{len(plan)} kills; measured run: "
@@ -526,12 +532,9 @@ def test_a_disk_filling_up_while_features_or_the_model_are_written_fails_the_run
     run = runs.read_run(run_dir)
     assert status["state"] == "finished" and run.usable, (run_dir / "worker.log").read_text()[-3000:]
     assert run.metrics["feature_cache"] == "hit"
-    out = small_disk / "predict.log"
-    image = next((tiny_dataset / "blue").iterdir())
-    code = warm_python.run("lib", "predict", "--run", str(run_dir), "--json", str(image), log=out)
-    assert code == 0 and '"ok": true' in out.read_text(), out.read_text()[-3000:]
-    for folder, before in untouched.items():
-        assert _snapshot(folder) == before
+    _predicts_and_nothing_else_changed(
+        warm_python, run_dir, next((tiny_dataset / "blue").iterdir()), small_disk / "predict.log", untouched
+    )
     jobs.reconcile(runs_dir)  # reaps the workers (their CPU time counts then)
     print(
         f"\nfeature write: {reasons[0]}\nmodel saving: {reasons[1]}\n"
