@@ -52,6 +52,7 @@ RUN_FILES = {
     "log": "log.txt",
     "notes": "notes.md",
     "unknown": "unknown.npz",  # the unknown-photo detector and the temperature (lib.models.unknown)
+    "head": "head.npz",  # the head as numpy, for scoring cached features (lib.models.head)
     "checkpoint": "checkpoint.npz",
     "cancel": "cancel.request",
     "worker_log": "worker.log",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,16 +27,23 @@ import pandas as pd
 from lib import files, runs
 from lib.data import curation
 from lib.data.feeder import Feeder
+from lib.data.images import decode
 from lib.data.layouts import scan_key
-from lib.data.scan import load_scan
+from lib.data.scan import Scan, load_scan
 from lib.errors import UserError
 from lib.evaluate.metrics import calibration, metrics_from_predictions, prob_column
+from lib.models import head as dense_head
 from lib.models import loader, unknown
 from lib.runs import Run
 from lib.text import CSV_LINE_END, csv_safe
-from lib.vocab import EVAL_SPLITS, split_name
+from lib.train import features
+from lib.vocab import EVAL_SPLITS, RUN_FILES, split_name
+
+log = logging.getLogger(__name__)
 
 BATCH_SIZE = 32  # fixed: the last batch is padded, so the model's graph is traced once
+CHECKED_IMAGES = 4  # images run through the model to confirm predictions made from cached features
+CACHED_TOLERANCE = 5e-3  # largest probability difference allowed there (features cached as float16)
 PREDICTIONS_VERSION = 2  # bump when the stored predictions' columns or meaning change
 COLUMNS_BEFORE = ["path", "split", "actual", "predicted", "confidence"]
 ANOTHER_FOLDER = "another folder"
@@ -128,8 +136,8 @@ def _split_fractions(run: Run) -> dict[str, float]:
     return out
 
 
-def _select_images(run: Run, root: Path, split: str) -> pd.DataFrame:
-    """The usable rows of the (cached) scan to predict: columns path, split, actual."""
+def _select_images(run: Run, root: Path, split: str) -> tuple[pd.DataFrame, Scan]:
+    """The usable rows of the (cached) scan to predict (columns path, split, actual), and the scan."""
     is_folder = split not in EVAL_SPLITS
     result = load_scan(root, **_split_fractions(run))  # the scan training stored: no file read again
     data_classes = [str(c) for c in result.classes]
@@ -149,13 +157,60 @@ def _select_images(run: Run, root: Path, split: str) -> pd.DataFrame:
         present = sorted(set(manifest.loc[manifest["usable"].astype(bool), "split"]))
         hint = f" (it has: {', '.join(present)})" if present else ""
         raise UserError(f"The dataset {root} {where}{hint}.")
-    return pd.DataFrame(
+    images = pd.DataFrame(
         {
             "path": [str(p) for p in rows["path"]],
             "split": "folder" if is_folder else rows["split"].astype(str).to_numpy(),
             "actual": rows["class"].astype(str).to_numpy(),
         }
     )
+    return images, result
+
+
+def _from_cached_features(run: Run, images: pd.DataFrame, scan: Scan) -> np.ndarray | None:
+    """Probabilities (plus the unknown score column when the run has a detector) of `images` from
+    the base features training (or the data doctor) cached, through the run's head.npz: no image
+    decoded, no network run. None whenever that can't be trusted (no head file, a head of another
+    model file, features not all cached, or the run's own model disagreeing on a few of them):
+    then the images go through the model as usual."""
+    head = dense_head.load(run.path / RUN_FILES["head"])
+    if head is None or head.outputs != len(run.classes) or head.model_sha256 != loader.model_digest(run):
+        return None
+    try:
+        found, rows = features.cached_items(run.config, scan, images["path"].tolist())
+    except (UserError, OSError, ValueError, TypeError, KeyError):
+        return None
+    if found is None:
+        return None
+    feats = found.take(rows)
+    feats = feats.reshape(len(feats), -1)
+    if feats.shape[1] != head.dims:
+        return None
+    probs = head(feats)
+    if not _agrees_with_model(run, images, probs):
+        return None
+    detector = unknown.load(run.unknown_path)
+    if detector is not None:
+        probs = np.concatenate([probs, detector.unknown_score(feats)[:, None].astype(np.float32)], axis=1)
+    return probs
+
+
+def _agrees_with_model(run: Run, images: pd.DataFrame, probs: np.ndarray) -> bool:
+    """The run's model on a few of the images (spread over the list) gives the probabilities the
+    cached features gave, within CACHED_TOLERANCE (features are stored as float16)."""
+    model = loader.load(run)
+    picks = np.unique(np.linspace(0, len(images) - 1, min(len(images), CHECKED_IMAGES)).astype(int))
+    try:
+        pixels = np.stack([decode(images["path"].iloc[i], model.size) for i in picks])
+    except (UserError, OSError):
+        return False
+    diff = float(np.max(np.abs(model.predict(pixels) - probs[picks])))
+    if diff > CACHED_TOLERANCE:
+        log.warning(
+            "cached features of run %s disagree with its model (%.1e): predicting the images", run.id, diff
+        )
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,19 +310,24 @@ def _predict_split(
     if stored is not None:
         return stored, where / f"{stem}.parquet"
 
-    images = _select_images(run, root, split)
-    model = loader.load(run)
-    feeder = Feeder(model.size, batch=BATCH_SIZE)
-    detector = model.detector
-    if detector is None:
-        probs, failed = feeder.run(images["path"].tolist(), model.predict)
-    else:
+    images, scan = _select_images(run, root, split)
+    probs = _from_cached_features(run, images, scan)
+    failed: list[int] = []
+    if probs is None:
+        model = loader.load(run)
+        detector = model.detector
+        feeder = Feeder(model.size, batch=BATCH_SIZE)
+        if detector is None:
+            probs, failed = feeder.run(images["path"].tolist(), model.predict)
+        else:
 
-        def with_scores(pixels: np.ndarray) -> np.ndarray:
-            raw, feats = model.predict_with_features(pixels)
-            return np.concatenate([raw, detector.unknown_score(feats)[:, None].astype(np.float32)], axis=1)
+            def with_scores(pixels: np.ndarray) -> np.ndarray:
+                raw, feats = model.predict_with_features(pixels)
+                return np.concatenate(
+                    [raw, detector.unknown_score(feats)[:, None].astype(np.float32)], axis=1
+                )
 
-        probs, failed = feeder.run(images["path"].tolist(), with_scores)
+            probs, failed = feeder.run(images["path"].tolist(), with_scores)
     ok = np.ones(len(images), dtype=bool)
     ok[list(failed)] = False
     images = images[ok].reset_index(drop=True)
@@ -275,7 +335,7 @@ def _predict_split(
         raise UserError("None of the selected images could be read any more.")
     probs = probs[ok]
     df = _predictions_frame(images, probs[:, : len(run.classes)], run.classes)
-    if detector is not None:
+    if probs.shape[1] > len(run.classes):  # the unknown-photo detector's score follows
         df["unknown_score"] = probs[:, len(run.classes)].astype(np.float64)
     try:
         with files.atomic_path(where / f"{stem}.parquet") as tmp:

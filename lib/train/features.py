@@ -20,7 +20,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from lib.models import build, engine, registry
 from lib.text import size_text
 from lib.train.augment import augmenter
 from lib.train.config import TrainConfig
-from lib.train.items import TrainingData, training_data
+from lib.train.items import TrainingData, all_items, training_data
 
 CACHE_VERSION = 1
 FEATURE_BATCH = 8  # fixed batch shape for the feature pass: one trace; small batches run fastest on a CPU
@@ -125,6 +125,33 @@ def cached(config: TrainConfig, data: TrainingData, weights: str) -> Features | 
     else:
         touch(final)
     return found
+
+
+def cached_items(
+    run_config: dict[str, Any], scan: Any, paths: list[str]
+) -> tuple[Features | None, np.ndarray]:
+    """The cached features of `paths` (usable files of `scan`) from the frozen base a run was
+    trained with: its own entry, else the entry without augmentation (the data doctor's), and their
+    row numbers. (None, rows) when the run's base was fine-tuned or never frozen, or when no
+    entry holds them (evicted, or the dataset changed since)."""
+    config = TrainConfig.from_dict(run_config).resolved()
+    data = all_items(scan)
+    index = {p: i for i, p in enumerate(data.paths)}
+    rows = np.asarray([index.get(p, -1) for p in paths], dtype=np.int64)
+    weights = run_config.get("weights_used")
+    if (
+        not config.uses_feature_cache
+        or config.fine_tuning
+        or config.pooling != "avg"
+        or not isinstance(weights, str)
+        or (rows < 0).any()
+    ):
+        return None, rows
+    for candidate in (config, replace(config, augment=False)):
+        found = cached(candidate, data, weights)
+        if found is not None and found.n_items == len(data.paths):
+            return found, rows
+    return None, rows
 
 
 def cached_features_ready(config: TrainConfig, scan: Any) -> bool:

@@ -31,6 +31,7 @@ from lib.data.images import decode
 from lib.data.scan import load_scan
 from lib.errors import UserError
 from lib.models import build, engine, loader, safety
+from lib.models import head as dense_head
 from lib.train import detect, estimate, features
 from lib.train.config import TrainConfig
 from lib.train.finetune import fine_tune as fine_tune_base
@@ -260,6 +261,7 @@ def finish(
     val = fitted.val or evaluate_images(fitted.model, config, data, "validation")
     test = fitted.test or evaluate_images(fitted.model, config, data, "test")
     _save_model(fitted.model, session.run_dir)
+    _save_head(fitted, config, session.run_dir)
     detector_start = time.perf_counter()
     unknown_metrics = detect.fit_detector(
         config,
@@ -350,6 +352,19 @@ def _head_dense(model: Any) -> list[tuple[Any, Any, str]] | None:
     return dense or None
 
 
+def _save_head(fitted: Fitted, config: TrainConfig, run_dir: Path) -> None:
+    """head.npz: the head trained on cached features, as numpy, when the base stayed frozen (the
+    Evaluate page then scores the splits from the cached features). Not written otherwise."""
+    (run_dir / RUN_FILES["head"]).unlink(missing_ok=True)  # a resumed run's older head never stays
+    if fitted.head is None or fitted.features is None or config.fine_tuning:
+        return
+    dense = _head_dense(fitted.model)
+    if dense is None or not dense_head.usable_layers(dense):
+        return
+    run = runs.read_run(run_dir)
+    dense_head.DenseHead(dense, loader.model_digest(run)).save(run_dir / RUN_FILES["head"])
+
+
 def _save_lite(
     model: Any, config: TrainConfig, data: TrainingData, base: Base, session: Session
 ) -> dict[str, Any]:
@@ -383,16 +398,8 @@ def _save_lite(
         head's own Keras weights, in float64."""
         if how["made"] != "grafted" or dense is None:
             return None
-        feats = np.asarray(how["base"](x)[engine.FEATURES], dtype=np.float64)
-        h = feats
-        for kernel, bias, activation in dense:
-            h = h @ kernel.astype(np.float64) + bias.astype(np.float64)
-            if activation == "relu":
-                h = np.maximum(h, 0.0)
-            elif activation == "softmax":
-                h = np.exp(h - h.max(axis=-1, keepdims=True))
-                h = h / h.sum(axis=-1, keepdims=True)
-        return {engine.PROBABILITIES: h.astype(np.float32), engine.FEATURES: feats.astype(np.float32)}
+        feats = np.asarray(how["base"](x)[engine.FEATURES], dtype=np.float32)
+        return {engine.PROBABILITIES: dense_head.forward(dense, feats), engine.FEATURES: feats}
 
     converted = loader.run_lite(
         runs.read_run(session.run_dir),

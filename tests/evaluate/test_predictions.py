@@ -269,3 +269,89 @@ def test_evaluate_returns_the_calibrated_rows_of_the_shipped_demo(tmp_path, monk
     assert result.metrics["calibration"]["ece_before"] == round(
         unknown.ece(raw, [classes.index(a) for a in stored["actual"]]), 4
     )
+
+
+@pytest.fixture
+def trained_home(sample_run, tmp_path, monkeypatch):
+    """A private copy of the sample run with the cache it was trained with (features, scan)."""
+    home = tmp_path / "home"
+    shutil.copytree(sample_run.parent.parent, home, symlinks=True)
+    monkeypatch.setenv("STUDIO_CACHE_DIR", str(home / "cache"))
+    run = home / "models" / sample_run.name
+    shutil.rmtree(run / "predictions", ignore_errors=True)
+    return run
+
+
+@pytest.fixture
+def images_run(monkeypatch):
+    """How many images every loaded model has been given."""
+    seen = {"images": 0}
+    for name in ("predict", "predict_with_features"):
+        original = getattr(loader.LoadedModel, name)
+
+        def counted(self, pixels, original=original):
+            seen["images"] += len(pixels)
+            return original(self, pixels)
+
+        monkeypatch.setattr(loader.LoadedModel, name, counted)
+    return seen
+
+
+def _probs(df: pd.DataFrame) -> np.ndarray:
+    return df[[c for c in df.columns if c.startswith("prob_")]].to_numpy()
+
+
+def test_a_trained_run_is_scored_from_the_features_training_cached(trained_home, images_run):
+    from lib.models import head as dense_head
+    from lib.train import features
+
+    run = trained_home
+    assert (run / "head.npz").is_file()
+    cached = ev.predict_split(run, split="test")
+    n = len(cached)
+    assert n > ev.CHECKED_IMAGES
+    assert images_run["images"] == ev.CHECKED_IMAGES  # only the check: no other image decoded or run
+    assert "unknown_score" in cached.columns and cached["unknown_score"].notna().all()
+
+    # The same rows as the model on every image (what happens without head.npz).
+    saved_head = (run / "head.npz").read_bytes()
+    (run / "head.npz").unlink()
+    shutil.rmtree(run / "predictions")
+    full = ev.predict_split(run, split="test")
+    assert images_run["images"] >= ev.CHECKED_IMAGES + n
+    assert full["path"].tolist() == cached["path"].tolist()
+    assert full["predicted"].tolist() == cached["predicted"].tolist()
+    np.testing.assert_allclose(_probs(cached), _probs(full), atol=ev.CACHED_TOLERANCE)
+    np.testing.assert_allclose(cached["unknown_score"], full["unknown_score"], rtol=0.02, atol=0.05)
+
+    # A head that disagrees with the model on the checked images (forced here) is not trusted.
+    (run / "head.npz").write_bytes(saved_head)
+    head = dense_head.load(run / "head.npz")
+    kernel, bias, activation = head.layers[-1]
+    wrong = dense_head.DenseHead(
+        [*head.layers[:-1], (kernel[:, ::-1].copy(), bias, activation)], head.model_sha256
+    )
+    wrong.save(run / "head.npz")
+    shutil.rmtree(run / "predictions")
+    before = images_run["images"]
+    again = ev.predict_split(run, split="test")
+    assert images_run["images"] - before >= ev.CHECKED_IMAGES + n
+    np.testing.assert_allclose(_probs(again), _probs(full), atol=1e-6)
+
+    # Features no longer cached (evicted): the images go through the model.
+    (run / "head.npz").write_bytes(saved_head)
+    assert features.clear_feature_cache() > 0
+    shutil.rmtree(run / "predictions")
+    before = images_run["images"]
+    ev.predict_split(run, split="test")
+    assert images_run["images"] - before >= n
+
+
+def test_a_head_file_of_another_model_is_not_used(trained_home, images_run):
+    from lib.models import head as dense_head
+
+    run = trained_home
+    head = dense_head.load(run / "head.npz")
+    dense_head.DenseHead(head.layers, "0" * 64).save(run / "head.npz")
+    n = len(ev.predict_split(run, split="test"))
+    assert images_run["images"] >= n

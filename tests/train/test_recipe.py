@@ -18,6 +18,7 @@ from lib import runs
 from lib.data.scan import load_scan
 from lib.errors import Cancelled, ImageError, UserError
 from lib.models import build, loader, registry, unknown
+from lib.models import head as dense_head
 from lib.train import estimate, features
 from lib.train.config import TrainConfig
 from lib.train.recipe import train
@@ -112,6 +113,19 @@ def test_the_run_folder_holds_everything(first_run, tiny_dataset):
     probs = model.predict(np.stack([red.astype("float32")]), verbose=0)
     assert probs.argmax() == 2
     assert model.predict(blue[None].astype("float32"), verbose=0).argmax() == 0
+
+    # head.npz: the head as numpy, of this very model file, predicting like the model from the
+    # features training cached (what the Evaluate page scores a split with).
+    run = runs.read_run(run_dir)
+    head = dense_head.load(run_dir / "head.npz", loader.model_digest(run))
+    assert head is not None and head.dims == 1280 and head.outputs == 3
+    scan = load_scan(tiny_dataset, config["val_fraction"], config["test_fraction"])
+    paths = [str(p) for p in scan.usable["path"]][:6]
+    found, rows = features.cached_items(config, scan, paths)
+    assert found is not None and (rows >= 0).all()
+    pixels = np.stack([decode(p, size=160) for p in paths]).astype("float32")
+    np.testing.assert_allclose(head(found.take(rows)), model.predict(pixels, verbose=0), atol=5e-3)
+    assert dense_head.load(run_dir / "head.npz", "another model") is None
 
 
 def test_progress_reports_features_then_head_epochs(first_run):
@@ -208,6 +222,7 @@ def test_fine_tuning_runs_and_keeps_the_better_weights(tiny_dataset, tmp_path):
     history = runs.read_history(tmp_path / "ft")
     assert history["phase"].tolist()[-1] == "fine-tune"
     assert (tmp_path / "ft" / "unknown.npz").is_file()  # fitted on the fine-tuned base's features
+    assert not (tmp_path / "ft" / "head.npz").exists()  # cached features no longer describe its base
     assert metrics["val_accuracy"] >= 0.9
     model = loader.load(tmp_path / "ft").keras_model
     # BatchNorm statistics are unchanged by fine-tuning (inference mode), so the base still
