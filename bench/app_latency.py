@@ -33,15 +33,20 @@ Predict (the shipped demo model, copied into the temporary STUDIO_DEMO_DIR; phot
 
 Evaluate (a run trained here on the beans photos cut into quadrants, bench/unknown.py's crop set
 with 22% of the photos in the test split: 1,016 test images; made once in --work and reused):
-- variants: `litert`, `keras`, and `before` with --app (that checkout's app on the same run folder;
-  it has no engine setting: Keras).
+- variants: `litert`, `keras` and `litert-cold`, and with --app `before` and `before-cold` (that
+  checkout's app on the same run folder; it has no engine setting: Keras). Plain variants start
+  with the cache training left (a copy of --work/cache: the stored scan, the converted base, the
+  run's cached features), as in the app right after training a run; `-cold` ones with an empty
+  cache (a server that never saw the dataset: the scan reads every image and, without cached
+  features, every test image goes through the model).
 - the run's stored predictions (RUN/predictions/) are deleted before each measurement, so every
   open predicts the whole test split; the dataset's files are read once first so the OS caches
   them for every variant alike.
 - first open: navigation to /Evaluate -> the confusion matrix's plot is drawn (plotly's SVG in the
   page). It includes the server's first script run (imports of the page's modules), loading the
-  model (TensorFlow for keras), scanning the whole dataset (all 4,564 images: the page doesn't
-  reuse the scan training stored), decoding and predicting 1,016 images and the browser drawing.
+  model (TensorFlow for keras), the scan (read from the cache, or all 4,564 images when cold),
+  predicting the 1,016 test images (from the cached features through the run's head.npz with 4
+  of them checked against the model, or decoding and running all of them) and the browser drawing.
 
 All times are wall clock through the browser: HTTP upload, the websocket round trip, Streamlit's
 script rerun and React drawing, on a machine that may be busy with other work. Next to them, the
@@ -319,8 +324,12 @@ def eval_run(work: Path, beans: Path) -> Path:
 
     data = make_crop_set(beans, work / "beans-quadrants", photos=10**6, shares=TEST_SHARE)
     models = work / "models"
-    found = (
-        [r for r in runs.list_runs(models) if r.has_model and r.state == "finished"]
+    found = (  # a run of this code: it has head.npz (scored from cached features)
+        [
+            r
+            for r in runs.list_runs(models)
+            if r.has_model and r.state == "finished" and (r.path / "head.npz").is_file()
+        ]
         if models.is_dir()
         else []
     )
@@ -338,12 +347,14 @@ def eval_run(work: Path, beans: Path) -> Path:
 
 
 def evaluate_variant(variant: str, browser, work: Path, run: Path, app: Path, timeout: float) -> dict:
-    """One fresh server of `variant` (its checkout, its engine) on the run folder: /Evaluate's first
-    open, the run's stored predictions deleted first."""
+    """One fresh server of `variant` (its checkout, its engine, the cache training left or an
+    empty one) on the run folder: /Evaluate's first open, the run's stored predictions deleted first."""
     shutil.rmtree(run / "predictions", ignore_errors=True)
     home = Path(tempfile.mkdtemp(prefix="app-latency-", dir=work))
     (home / "models").symlink_to(run.parent, target_is_directory=True)
-    engine = {"keras": "keras", "litert": "litert"}.get(variant, "keras")
+    if not variant.endswith("-cold"):
+        shutil.copytree(work / "cache", home / "cache", symlinks=True)
+    engine = "litert" if variant.startswith("litert") else "keras"
     out: dict = {"variant": variant}
     proc, out["server_s"] = start(app, home, {"STUDIO_ENGINE": engine})
     try:
@@ -501,7 +512,7 @@ def main() -> int:
         if args.variants
         else ["litert", "keras"] + (["litert-cold"] if args.cold else [])
     )
-    evaluate_variants = ["litert", "keras"] + (["before"] if args.app else [])
+    evaluate_variants = ["litert", "keras", "litert-cold"] + (["before", "before-cold"] if args.app else [])
     run = None
     if args.part in ("evaluate", "both"):
         if not args.beans.is_dir():
@@ -531,7 +542,7 @@ def main() -> int:
                         evaluate_variants[rep % len(evaluate_variants) :]
                         + evaluate_variants[: rep % len(evaluate_variants)]
                     ):
-                        app = args.app if v == "before" else ROOT
+                        app = args.app if v.startswith("before") else ROOT
                         row = attempt(v, evaluate_variant, v, browser, args.work, run, app, args.timeout)
                         print(f"rep {rep + 1} evaluate {json.dumps(row)}", flush=True)
                         evaluate_rows.append(row)
@@ -589,11 +600,15 @@ def main() -> int:
             "keras_over_litert_server_cpu": ratio(stats, "first_open_cpu_server_s", "keras", "litert"),
         }
         if args.app:
-            ratios["before_over_litert"] = ratio(stats, "first_open_s", "before", "litert")
-            ratios["before_over_litert_server_cpu"] = ratio(
-                stats, "first_open_cpu_server_s", "before", "litert"
-            )
-        print("ratios (medians): " + ", ".join(f"{k} {v}" for k, v in ratios.items()) + "  (target: >= 3)")
+            for slow, fast in (("before", "litert"), ("before-cold", "litert-cold")):
+                name = f"{slow}_over_{fast}".replace("-", "_")
+                ratios[name] = ratio(stats, "first_open_s", slow, fast)
+                ratios[f"{name}_server_cpu"] = ratio(stats, "first_open_cpu_server_s", slow, fast)
+        print(
+            "ratios (medians): "
+            + ", ".join(f"{k} {v}" for k, v in ratios.items())
+            + "  (target: before / litert >= 3)"
+        )
         result["evaluate"] = {"stats": stats, "ratios": ratios, "rows": evaluate_rows}
     result["machine"] += f", {os.getloadavg()[0]:.1f} at the end (other work shares the cores)"
     print(f"machine: {result['machine']}")
