@@ -1,6 +1,6 @@
 """Training speed and accuracy: the classic notebook recipe against `python -m lib train`.
 
-    python bench/train_speed.py DATA_DIR WEIGHTS [--seeds 3] [--no-recipe]
+    python bench/train_speed.py DATA_DIR WEIGHTS [--seeds 3] [--no-recipe] [--before CHECKOUT]
 
 WEIGHTS is "bundled", "imagenet" or a weights file for MobileNetV2 at 160 px. In one invocation,
 for each seed: the classic recipe (MobileNetV2 160, frozen, augmentation layers in the model so
@@ -9,7 +9,8 @@ the CLI with default settings as fresh processes with a cold feature cache, engi
 engine keras in turn (the order alternates between seeds; the converted base is shared, so only
 the very first LiteRT run converts it: that run is reported apart); then the CLI again with the
 cache warm and another learning rate (a second run on the same data). All on the same splits
-(lib.data.scan) and weights. Prints test-split accuracy (mean over seeds), whole-process wall
+(lib.data.scan) and weights. With --before CHECKOUT, that checkout's CLI too (a cold cache, never
+last, e.g. the code before the engine: "today's" feature pass). Prints test-split accuracy (mean over seeds), whole-process wall
 times (start-up included), the feature pass's images/s per engine, the speed ratios (medians)
 and peak memory summed over the processes involved. Not a test: it takes minutes.
 """
@@ -115,7 +116,7 @@ def recipe(splits_file: str, weights: str, seed: int, epochs: int = 10) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[float, float, str, str]:
+def run_measured(cmd: list[str], env: dict, cwd: Path = ROOT) -> tuple[float, float, str, str]:
     """Run a command; returns (wall seconds, peak RSS in GB summed over this process and its
     children at each sample, stdout, stderr)."""
     import psutil
@@ -123,7 +124,7 @@ def run_measured(cmd: list[str], env: dict) -> tuple[float, float, str, str]:
     me = psutil.Process()
     peak = 0.0
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
     done = threading.Event()
     out: dict[str, str] = {}
 
@@ -158,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("weights", nargs="?", help="bundled, imagenet or a MobileNetV2-160 weights file")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--no-recipe", action="store_true", help="skip the classic recipe (engines only)")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also time that checkout's `python -m lib train` (e.g. the code before the engine: today's feature pass)",
+    )
     parser.add_argument("--recipe", metavar="SPLITS_JSON", help=argparse.SUPPRESS)
     parser.add_argument("--recipe-weights", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -201,13 +208,22 @@ def main(argv: list[str] | None = None) -> int:
         f"data: {args.data} {counts}; weights: {args.weights}; {cpu} CPUs; scan {scan_seconds:.1f} s (cached for all runs)"
     )
 
-    results: dict[str, list[dict]] = {"recipe": [], "litert": [], "keras": [], "warm": [], "first": []}
+    results: dict[str, list[dict]] = {
+        "recipe": [],
+        "litert": [],
+        "keras": [],
+        "warm": [],
+        "first": [],
+        "before": [],
+    }
     cli = [sys.executable, "-m", "lib", "train", "--data", str(args.data), "--weights", weights, "--quiet"]
     total = sum(counts.values())
 
-    def cli_run(kind: str, seed: int, *extra: str) -> dict:
+    def cli_run(kind: str, seed: int, *extra: str, cwd: Path = ROOT) -> dict:
         runs_dir = work / f"runs-{kind}"
-        s, peak, out, _ = run_measured([*cli, "--seed", str(seed), "--runs-dir", str(runs_dir), *extra], env)
+        s, peak, out, _ = run_measured(
+            [*cli, "--seed", str(seed), "--runs-dir", str(runs_dir), *extra], env, cwd=cwd
+        )
         r = {"seconds": s, "peak_gb": peak, **last_json(out)}
         fs = float(r.get("feature_seconds") or 0.0)
         r["feature_images_per_s"] = (
@@ -244,8 +260,13 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         order = ("litert", "keras") if seed % 2 else ("keras", "litert")
+        if args.before:  # never last: the warm run needs this code's cache entry
+            order = ("before", *order) if seed % 2 else (order[0], "before", order[1])
         for kind in order:
             shutil.rmtree(work / "cache" / "features", ignore_errors=True)  # a new dataset to the cache
+            if kind == "before":
+                results["before"].append(cli_run("before", seed, cwd=args.before))
+                continue
             first = kind == "litert" and not (work / "cache" / "engines").is_dir()
             r = cli_run(f"{kind} (converts the base)" if first else kind, seed, "--engine", kind)
             results["first" if first else kind].append(r)
@@ -303,6 +324,27 @@ def main(argv: list[str] | None = None) -> int:
         f"images/s, keras {summary['keras_feature_images_per_s']:.0f} images/s ({summary['feature_speedup']:.2f}x); "
         f"second run {summary['warm_seconds_median']:.1f} s"
     )
+    if results["before"]:
+        summary.update(
+            before_seconds_median=round(median("before"), 1),
+            before_feature_images_per_s=round(median("before", "feature_images_per_s"), 1),
+            before_test_accuracy=round(mean("before", "test_accuracy"), 4),
+        )
+        summary["feature_speedup_over_before"] = round(
+            summary["litert_feature_images_per_s"] / summary["before_feature_images_per_s"], 2
+        )
+        summary["speedup_over_before"] = round(
+            summary["before_seconds_median"] / summary["litert_seconds_median"], 2
+        )
+        checks[f"feature pass >= {TARGETS['engine_features']}x the code before the engine (images/s)"] = (
+            summary["feature_speedup_over_before"] >= TARGETS["engine_features"]
+        )
+        print(
+            f"the code before the engine ({args.before}), whole process {summary['before_seconds_median']:.1f} s "
+            f"(litert {summary['speedup_over_before']:.2f}x faster), feature pass "
+            f"{summary['before_feature_images_per_s']:.0f} images/s (litert {summary['feature_speedup_over_before']:.2f}x), "
+            f"test acc {summary['before_test_accuracy']:.4f}"
+        )
     if summary["first_litert_seconds"]:
         print(
             f"the first LiteRT run (converts the base once for every later run): {summary['first_litert_seconds']:.1f} s"

@@ -39,6 +39,7 @@ CACHE_VERSION = 1
 FEATURE_BATCH = 8  # fixed batch shape for the feature pass: one trace; small batches run fastest on a CPU
 AUGMENT_SEED = 1234  # augmented views come from a fixed seed, so the cache doesn't depend on the run's seed
 LAST_USED = "meta.json"  # its mtime is when the entry was last used (the least recently used leaves first)
+IN_MEMORY_BYTES = 64 << 20  # Features.loaded(): larger entries stay on disk (memory-mapped)
 IN_USE_SECONDS = 60.0  # an entry used this recently is never evicted (a run may be opening it right now)
 WRITING = "writing the image features"
 
@@ -95,10 +96,20 @@ class Features:
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """float32 features of the given rows (read in row order: kinder to the page cache)."""
+        if self.array.dtype == np.float32 and not isinstance(self.array, np.memmap):
+            return np.take(self.array, rows, axis=0)  # loaded(): already in memory
         order = np.argsort(rows, kind="stable")
         out = np.empty((len(rows), *self.array.shape[1:]), dtype=np.float32)
         out[order] = self.array[rows[order]]
         return out
+
+    def loaded(self, limit: int = IN_MEMORY_BYTES) -> Features:
+        """This entry with every row as float32 in memory when that takes at most `limit` bytes:
+        the head's epochs (and the out-of-fold heads') then gather rows ~10x faster than from the
+        float16 file. Itself when larger."""
+        if self.array.dtype == np.float32 or self.array.size * 4 > limit:
+            return self
+        return replace(self, array=np.asarray(self.array, dtype=np.float32))
 
 
 def _open(directory: Path) -> Features | None:

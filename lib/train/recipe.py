@@ -177,6 +177,7 @@ def fit_on_features(
             config, len(data.paths) + len(data.index("train")) * config.views, cached.seconds
         )
         session.log(f"Computed features of {cached.array.shape[0]} images in {cached.seconds:.1f} s.")
+    cached = cached.loaded()  # small enough: in memory for the head's epochs and the out-of-fold heads
     keras.utils.set_random_seed(config.seed)
     head_start = time.perf_counter()
     result = train_head(
