@@ -193,8 +193,9 @@ def sample_photos(n: int) -> list[Path]:
 
 
 def demo_lite_cache(work: Path) -> Path:
-    """A cache folder holding the demo's LiteRT model (made once, in a child process as the app
-    would): copied into each `litert` server's fresh cache."""
+    """The cache a first start leaves (the demo loaded with LiteRT once, in a child process as the
+    app would; the demo ships its .tflite, so it may hold nothing): copied into each `litert`
+    server's fresh cache."""
     from lib import settings
 
     demo = settings.demo_run_dir()
@@ -211,6 +212,7 @@ def demo_lite_cache(work: Path) -> Path:
     subprocess.run(
         [sys.executable, "-c", code, str(where / "demo" / demo.name)], cwd=ROOT, env=env, check=True
     )
+    (where / "cache").mkdir(parents=True, exist_ok=True)  # the demo ships its .tflite: may stay empty
     (where / "done").write_text("ok")
     return where / "cache"
 
