@@ -173,8 +173,8 @@ def _from_cached_features(run: Run, images: pd.DataFrame, scan: Scan) -> np.ndar
     decoded, no network run. None whenever that can't be trusted (no head file, a head of another
     model file, features not all cached, or the run's own model disagreeing on a few of them):
     then the images go through the model as usual."""
-    head = dense_head.load(run.path / RUN_FILES["head"])
-    if head is None or head.outputs != len(run.classes) or head.model_sha256 != loader.model_digest(run):
+    head = dense_head.load(run.path / RUN_FILES["head"], loader.model_digest(run))
+    if head is None or head.outputs != len(run.classes):
         return None
     try:
         found, rows = features.cached_items(run.config, scan, images["path"].tolist())

@@ -14,6 +14,9 @@ parsed in a short-lived child process with a memory and CPU limit (STUDIO_CHECK_
 or memory blow-up in libhdf5 then ends the child, not the server, and the file is refused in plain
 words. Trusted files skip the child: the shipped demo, the bundled weights, and files whose sha256 is
 recorded in the cache (models this app saved, and files that passed the child's check once).
+
+A run's numpy files (unknown.npz, head.npz) are read through npz_shapes first: every member's shape
+from its .npy header, before numpy allocates anything.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import zipfile
 import zlib
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from lib import files, settings
 from lib.errors import UserError
@@ -1096,3 +1101,34 @@ def has_lambda_layers(model: Any) -> bool:
         return False
 
     return walk(model)
+
+
+# ----------------------------------------------------------------------------------------------
+# A run's numpy files
+# ----------------------------------------------------------------------------------------------
+
+_NPY_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def npz_shapes(path: str | Path) -> dict[str, tuple[int, ...]] | None:
+    """Each member's shape (by name, without .npy) of an .npz, read from its .npy header (a few
+    bytes), so the caller can bound what a small compressed file declares before numpy allocates
+    it. None when it isn't an .npz of plain numeric arrays (an object array would need pickles)."""
+    shapes = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.namelist():
+                with zf.open(member) as fh:
+                    reader = _NPY_HEADER_READERS.get(np.lib.format.read_magic(fh))
+                    if reader is None:
+                        return None
+                    shape, _, dtype = reader(fh)
+                if dtype.hasobject or dtype.kind not in "fiu":
+                    return None
+                shapes[member.removesuffix(".npy")] = tuple(shape)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        return None
+    return shapes

@@ -21,7 +21,6 @@ Stored in the run as unknown.npz (plain arrays, no pickles).
 from __future__ import annotations
 
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 from scipy.linalg import lapack
 
 from lib import files
+from lib.models import safety
 
 FILE_NAME = "unknown.npz"
 VERSION = 1
@@ -140,8 +140,9 @@ def fit_gaussians(features: np.ndarray, labels: np.ndarray, n_classes: int) -> G
     cov.flat[:: d + 1] += max(float(np.trace(cov)) / d, 1e-12) * 1e-9  # never singular
     # cov = L L^T, so (x - m) cov^-1 (x - m)^T = |(x - m) L^-T|^2: whitening = L^-T (a Cholesky
     # factor and a triangular inverse cost a tenth of an eigendecomposition).
-    inverse, info = lapack.dtrtri(np.linalg.cholesky(cov), lower=1)
-    whitening = (inverse if info == 0 else np.linalg.inv(np.linalg.cholesky(cov))).T
+    factor = np.linalg.cholesky(cov)
+    inverse, info = lapack.dtrtri(factor, lower=1)
+    whitening = (inverse if info == 0 else np.linalg.inv(factor)).T
     centres = means @ whitening
     centres[~present] = 1e6  # never the nearest
     return Gaussians(whitening=whitening, centres=centres, shrinkage=shrinkage)
@@ -361,33 +362,18 @@ MAX_CLASSES = 10_000
 MAX_REFERENCE = 2_000_000
 MAX_META_BYTES = 1 << 20
 _EXPECTED = {"whitening": 2, "centres": 2, "reference": 1, "meta": 1}
-_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 def _arrays_within_bounds(path: Path) -> bool:
-    """Read each member's .npy header (a few bytes) and check its dtype and shape before numpy
-    allocates anything: a small compressed file can't declare gigabytes."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = {n.removesuffix(".npy"): n for n in zf.namelist()}
-            if set(names) != set(_EXPECTED):
-                return False
-            shapes = {}
-            for key, member in names.items():
-                with zf.open(member) as fh:
-                    version = np.lib.format.read_magic(fh)
-                    reader = _HEADER_READERS.get(version)
-                    if reader is None:
-                        return False
-                    shape, _, dtype = reader(fh)
-                if len(shape) != _EXPECTED[key] or dtype.hasobject or dtype.kind not in "fiu":
-                    return False
-                shapes[key] = shape
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+    """The members' shapes from their headers (lib.models.safety.npz_shapes), checked before
+    numpy allocates anything: a small compressed file can't declare gigabytes."""
+    shapes = safety.npz_shapes(path)
+    if shapes is None or set(shapes) != set(_EXPECTED):
         return False
-    dims = shapes["whitening"][0]
+    if any(len(shapes[key]) != rank for key, rank in _EXPECTED.items()):
+        return False
     return (
-        dims <= MAX_DIMENSIONS
+        shapes["whitening"][0] <= MAX_DIMENSIONS
         and shapes["whitening"][1] <= MAX_DIMENSIONS
         and shapes["centres"][0] <= MAX_CLASSES
         and shapes["centres"][1] <= MAX_DIMENSIONS
