@@ -71,7 +71,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.hosted import CHROMIUM, CHROMIUM_ARGS, stop_server, streamlit_command, wait_healthy  # noqa: E402
+from bench.hosted import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    cpu_seconds,
+    stop_server,
+    streamlit_command,
+    tree,
+    wait_healthy,
+)
 from bench.hosted import free_port as _free_port  # noqa: E402
 
 VERDICTS = r"""n => [...document.querySelectorAll('[data-testid="stAlert"]')]
@@ -131,24 +139,10 @@ class Cpu:
     def _now(self) -> tuple[float, float]:
         import psutil
 
-        def total(procs) -> float:
-            out = 0.0
-            for p in procs:
-                try:
-                    t = p.cpu_times()
-                    out += t.user + t.system
-                except psutil.Error:
-                    continue
-            return out
-
-        try:
-            root = psutil.Process(self.server_pid)
-            server = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            server = []
+        server = tree(self.server_pid)
         ids = {p.pid for p in server}
         mine = [p for p in psutil.Process(os.getpid()).children(recursive=True) if p.pid not in ids]
-        return total(server), total(mine)
+        return cpu_seconds(server), cpu_seconds(mine)
 
     def __enter__(self) -> Cpu:
         self._start = self._now()

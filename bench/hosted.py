@@ -165,7 +165,8 @@ def stop_server(proc: subprocess.Popen) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _tree(pid: int) -> list:
+def tree(pid: int) -> list:
+    """The process `pid` and its living descendants (psutil.Process objects; [] when it is gone)."""
     import psutil
 
     try:
@@ -180,7 +181,7 @@ def tree_rss(pid: int) -> int:
     import psutil
 
     total = 0
-    for p in _tree(pid):
+    for p in tree(pid):
         try:
             total += p.memory_info().rss
         except psutil.Error:
@@ -188,18 +189,23 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by `pid` and its living descendants."""
+def cpu_seconds(procs) -> float:
+    """CPU seconds (user + system) used so far by these processes (one that ended counts 0)."""
     import psutil
 
     total = 0.0
-    for p in _tree(pid):
+    for p in procs:
         try:
             t = p.cpu_times()
             total += t.user + t.system
         except psutil.Error:
             pass
     return total
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its living descendants."""
+    return cpu_seconds(tree(pid))
 
 
 class MemorySampler(threading.Thread):
