@@ -39,8 +39,6 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lib import files, settings
 from lib.errors import UserError
 
@@ -1107,22 +1105,19 @@ def has_lambda_layers(model: Any) -> bool:
 # A run's numpy files
 # ----------------------------------------------------------------------------------------------
 
-_NPY_HEADER_READERS = {
-    (1, 0): np.lib.format.read_array_header_1_0,
-    (2, 0): np.lib.format.read_array_header_2_0,
-}
-
-
 def npz_shapes(path: str | Path) -> dict[str, tuple[int, ...]] | None:
     """Each member's shape (by name, without .npy) of an .npz, read from its .npy header (a few
     bytes), so the caller can bound what a small compressed file declares before numpy allocates
     it. None when it isn't an .npz of plain numeric arrays (an object array would need pickles)."""
+    import numpy as np  # here: a job waiting in the queue imports this module and must stay small
+
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     shapes = {}
     try:
         with zipfile.ZipFile(path) as zf:
             for member in zf.namelist():
                 with zf.open(member) as fh:
-                    reader = _NPY_HEADER_READERS.get(np.lib.format.read_magic(fh))
+                    reader = readers.get(np.lib.format.read_magic(fh))
                     if reader is None:
                         return None
                     shape, _, dtype = reader(fh)
